@@ -1,0 +1,29 @@
+# The two commands of the README, and a few more. Every target installs into .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## install and start the service on its embedded default (SQLite + ./data, 127.0.0.1:8080)
+	$(BIN)/vmbackup serve
+
+test: $(STAMP)  ## the whole test suite (SQLite and PostgreSQL), then lint
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/ruff check src tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) data build *.egg-info

@@ -1,0 +1,139 @@
+"""Request bodies: JSON or XML, size- and depth-limited, unwrapped from their OnApp root key, then validated.
+
+FastAPI's own body handling knows neither XML nor OnApp's root keys nor its error shape, so bodies are read here
+and validated with the resource's pydantic model; every failure becomes an ``Invalid`` (422) naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, TypeVar
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
+from fastapi import Depends, Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from vmbackup.errors import Invalid
+
+MAX_DEPTH = 32
+
+M = TypeVar("M", bound="InputModel")
+
+
+class InputModel(BaseModel):
+    """Base of every request schema: unknown keys are refused, read-only keys a client echoes back are dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # Fields clients send back unchanged after loading an object (the PHP wrapper does): ignored, not refused.
+    read_only: ClassVar[frozenset[str]] = frozenset({"id", "identifier", "created_at", "updated_at"})
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+_XML_TYPES = {"integer", "boolean", "float", "decimal", "datetime", "array", "symbol", "string", "dateTime"}
+
+
+def _from_xml_element(el: Any) -> Any:
+    if el.get("nil") == "true":
+        return None
+    kind = el.get("type")
+    children = list(el)
+    if kind == "array":
+        return [_from_xml_element(c) for c in children]
+    if children:
+        return {c.tag: _from_xml_element(c) for c in children}
+    text = (el.text or "").strip()
+    if kind == "integer" and text.lstrip("-").isdigit():
+        return int(text)
+    if kind == "boolean" and text in {"true", "false"}:
+        return text == "true"
+    return text  # anything else stays text; the model decides if it fits
+
+
+def parse(raw: bytes, content_type: str) -> Any:
+    """Decode a body to Python values; an empty body is ``None``."""
+    if not raw.strip():
+        return None
+    looks_xml = "xml" in content_type or raw.lstrip().startswith(b"<")
+    if looks_xml:
+        try:
+            root = fromstring(raw)
+        except (ParseError, DefusedXmlException) as exc:
+            raise Invalid(f"Malformed XML body: {exc}") from None
+        value = {root.tag: _from_xml_element(root)}
+    else:
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise Invalid(f"Malformed JSON body: {reason}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise Invalid(f"Body nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def unwrap(value: Any, root: str) -> dict[str, Any]:
+    """The object under the root key; ``None``/``[]`` under it (PHP's empty array) means no attributes."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or root not in value:
+        raise Invalid(fields={root: ["is missing: send the attributes inside a root key"]})
+    inner = value[root]
+    if inner is None or inner == [] or inner == "":
+        return {}
+    if not isinstance(inner, dict):
+        raise Invalid(fields={root: ["must be an object"]})
+    return inner
+
+
+def _messages(exc: ValidationError) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "base"
+        if err["type"] == "missing":
+            msg = "can't be blank"
+        elif err["type"] == "extra_forbidden":
+            msg = "is not a known attribute"
+        else:
+            msg = err["msg"]
+        out.setdefault(field, []).append(msg)
+    return out
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    cleaned = {k: v for k, v in data.items() if k not in model.read_only}
+    try:
+        return model.model_validate(cleaned)
+    except ValidationError as exc:
+        raise Invalid(fields=_messages(exc)) from None
+
+
+async def read(request: Request, root: str, model: type[M]) -> M:
+    raw = await request.body()
+    return validate(model, unwrap(parse(raw, request.headers.get("content-type", "")), root))
+
+
+def body(root: str, model: type[M]) -> Any:
+    """Dependency: the validated ``model`` read from the ``root`` key of the request body."""
+
+    async def dependency(request: Request) -> M:
+        return await read(request, root, model)
+
+    return Depends(dependency)
+
+
+def openapi_body(root: str, model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` describing the wrapped body, since the body is not read through FastAPI."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    wrapped = {"type": "object", "properties": {root: schema}, "required": [root]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": wrapped}}}}

@@ -1,0 +1,113 @@
+"""Per-request dependencies: the database session, the authenticated caller, and the response helpers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import tzinfo
+from functools import lru_cache
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from vmbackup.api import formats
+from vmbackup.db.models import User
+from vmbackup.db.queries import users as user_queries
+from vmbackup.errors import Unauthorized
+from vmbackup.services.access import require_admin
+from vmbackup.services.auth import Authenticator
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+DbDep = Annotated[Session, Depends(get_db)]
+
+
+@lru_cache(maxsize=512)
+def _zone(name: str) -> tzinfo:
+    return ZoneInfo(name)
+
+
+def _credentials(request: Request) -> tuple[str, str]:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        raise Unauthorized()
+    try:
+        login, sep, secret = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized() from None
+    if not sep or not login or not secret:
+        raise Unauthorized()
+    return login, secret
+
+
+def authenticate(request: Request, db: Session) -> User:
+    login, secret = _credentials(request)
+    auth: Authenticator = request.app.state.auth
+    user = user_queries.by_login_or_email(db, login)
+    if user is None:
+        auth.burn()
+        raise Unauthorized()
+    if user.status != "active" or not auth.check(user, login, secret):
+        raise Unauthorized()
+    return user
+
+
+@dataclass
+class Context:
+    """What a handler needs: session, caller, and how to answer in the caller's format and time zone."""
+
+    db: Session
+    user: User
+    fmt: str
+    tz: tzinfo
+
+    def one(self, root: str, record: dict[str, Any], status: int = 200) -> Response:
+        return formats.render_one(self.fmt, root, record, self.tz, status)
+
+    def many(self, root: str, records: Iterable[dict[str, Any]]) -> Response:
+        return formats.render_list(self.fmt, root, records, self.tz)
+
+    def hash(self, data: dict[str, Any]) -> Response:
+        return formats.render_hash(self.fmt, data, self.tz)
+
+    @property
+    def admin(self) -> bool:
+        return self.user.is_admin
+
+
+def get_context(request: Request, db: DbDep) -> Context:
+    user = authenticate(request, db)
+    return Context(db=db, user=user, fmt=request.state.fmt, tz=_zone(user.time_zone))
+
+
+Ctx = Annotated[Context, Depends(get_context)]
+
+
+def settings_of(request: Request) -> Any:
+    return request.app.state.settings
+
+
+def auth_of(request: Request) -> Authenticator:
+    return request.app.state.auth
+
+
+AuthDep = Annotated[Authenticator, Depends(auth_of)]
+
+
+def get_admin_context(ctx: Ctx) -> Context:
+    # Checked before the body is read, so a user learns "forbidden", not what the body should have held.
+    require_admin(ctx.user)
+    return ctx
+
+
+AdminCtx = Annotated[Context, Depends(get_admin_context)]

@@ -1,0 +1,80 @@
+"""OnApp URL tolerance and body limits, as a plain ASGI middleware (cheap on the hot path).
+
+- ``/backups/5.json``, ``/transactions.json/page/2``: the ``.json``/``.xml`` suffix chooses the format and is
+  removed before routing; without one the Accept header decides, default JSON.
+- ``//settings//disks/5/`` is routed as ``/settings/disks/5`` (the PHP wrapper sends doubled slashes).
+- Bodies larger than ``max_body_bytes`` are refused before they are read.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vmbackup.api import formats
+
+_SUFFIX = re.compile(r"\.(json|xml)(?=/|$)")
+_SLASHES = re.compile(r"/{2,}")
+
+
+def negotiate(path: str, accept: str) -> tuple[str, str]:
+    """Return (routing path, format)."""
+    path = _SLASHES.sub("/", path)
+    fmt = None
+    match = _SUFFIX.search(path)
+    if match:
+        fmt = match.group(1)
+        path = path[: match.start()] + path[match.end() :]
+    if len(path) > 1:
+        path = path.rstrip("/")
+    if fmt is None:
+        fmt = "xml" if "xml" in accept and "json" not in accept else "json"
+    return path, fmt
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class OnAppMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        path, fmt = negotiate(scope["path"], headers.get(b"accept", b"").decode("latin-1"))
+        scope = dict(scope, path=path, raw_path=path.encode())
+        scope.setdefault("state", {})["fmt"] = fmt
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            await self._too_large(fmt, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except BodyTooLarge:
+            await self._too_large(fmt, send)
+
+    async def _too_large(self, fmt: str, send: Send) -> None:
+        response = formats.errors(fmt, 422, [f"Request body is larger than {self.max_body} bytes"])
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Any:
+    return {"type": "http.disconnect"}

@@ -1,0 +1,214 @@
+"""Model -> OnApp field dict, one function per resource, fields in the order OnApp documents them.
+
+Values stay Python values (datetimes included); ``formats`` turns them into JSON or typed XML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmbackup.db.models import (
+    Backup,
+    BackupServer,
+    DataStore,
+    Disk,
+    ImageTemplate,
+    Transaction,
+    User,
+    VirtualMachine,
+)
+
+Fields = dict[str, Any]
+
+# The spec page's field list (alphabetical as OnApp renders it, disk_id last), plus 6.2+'s `compatible`.
+BACKUP_FIELDS = (
+    "allow_resize_without_reboot",
+    "allowed_hot_migrate",
+    "allowed_swap",
+    "backup_server_id",
+    "backup_size",
+    "built",
+    "built_at",
+    "compatible",
+    "created_at",
+    "data_store_type",
+    "id",
+    "identifier",
+    "image_type",
+    "initiated",
+    "iqn",
+    "locked",
+    "marked_for_delete",
+    "min_disk_size",
+    "min_memory_size",
+    "note",
+    "operating_system",
+    "operating_system_distro",
+    "target_id",
+    "target_type",
+    "template_id",
+    "updated_at",
+    "user_id",
+    "volume_id",
+    "backup_type",
+    "disk_id",
+)
+
+
+def backup(b: Backup) -> Fields:
+    out = {name: getattr(b, name, None) for name in BACKUP_FIELDS}
+    out["compatible"] = True
+    return out
+
+
+def user(u: User) -> Fields:
+    return {
+        "id": u.id,
+        "login": u.login,
+        "email": u.email,
+        "first_name": u.first_name,
+        "last_name": u.last_name,
+        "status": u.status,
+        "identifier": u.identifier,
+        "time_zone": u.time_zone,
+        "locale": "en",
+        "roles": [{"role": {"id": 1 if u.is_admin else 2, "label": u.role, "identifier": u.role}}],
+        "api_key_set": u.api_key_hash is not None,
+        "created_at": u.created_at,
+        "updated_at": u.updated_at,
+    }
+
+
+def template(t: ImageTemplate) -> Fields:
+    return {
+        "id": t.id,
+        "label": t.label,
+        "identifier": t.identifier,
+        "file_name": t.file_name,
+        "state": t.state,
+        "version": t.version,
+        "operating_system": t.operating_system,
+        "operating_system_distro": t.operating_system_distro,
+        "operating_system_arch": t.operating_system_arch,
+        "min_disk_size": t.min_disk_size,
+        "min_memory_size": t.min_memory_size,
+        "template_size": t.template_size,
+        "checksum": t.checksum,
+        "allowed_swap": t.allowed_swap,
+        "allowed_hot_migrate": t.allowed_hot_migrate,
+        "allow_resize_without_reboot": t.allow_resize_without_reboot,
+        "user_id": t.user_id,
+        "backup_server_id": t.backup_server_id,
+        "type": "ImageTemplate",
+        "virtualization": ["xen", "kvm"],
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+    }
+
+
+def data_store(d: DataStore) -> Fields:
+    return {
+        "id": d.id,
+        "label": d.label,
+        "identifier": d.identifier,
+        "data_store_type": d.data_store_type,
+        "enabled": d.enabled,
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+    }
+
+
+def backup_server(s: BackupServer) -> Fields:
+    return {
+        "id": s.id,
+        "label": s.label,
+        "ip_address": s.ip_address,
+        "backup_ip_address": s.backup_ip_address,
+        "capacity": s.capacity,
+        "enabled": s.enabled,
+        "storage_path": s.storage_path,
+        "backup_server_group_id": None,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+    }
+
+
+def virtual_machine(vm: VirtualMachine) -> Fields:
+    t = vm.template
+    return {
+        "id": vm.id,
+        "identifier": vm.identifier,
+        "label": vm.label,
+        "hostname": vm.hostname,
+        "user_id": vm.user_id,
+        "template_id": vm.template_id,
+        "template_label": t.label,
+        "operating_system": t.operating_system,
+        "operating_system_distro": t.operating_system_distro,
+        "built": vm.built,
+        "booted": vm.booted,
+        "locked": vm.locked,
+        "suspended": vm.suspended,
+        "memory": vm.memory,
+        "cpus": vm.cpus,
+        "min_disk_size": t.min_disk_size,
+        "allowed_swap": t.allowed_swap,
+        "allowed_hot_migrate": t.allowed_hot_migrate,
+        "allow_resize_without_reboot": t.allow_resize_without_reboot,
+        "support_incremental_backups": True,
+        "created_at": vm.created_at,
+        "updated_at": vm.updated_at,
+    }
+
+
+def disk(d: Disk, *, admin: bool) -> Fields:
+    out: Fields = {
+        "id": d.id,
+        "identifier": d.identifier,
+        "label": d.label,
+        "disk_size": d.disk_size,
+        "primary": d.primary,
+        "is_swap": d.is_swap,
+        "data_store_id": d.data_store_id,
+        "virtual_machine_id": d.virtual_machine_id,
+        "built": d.built,
+        "locked": d.locked,
+        "has_autobackups": d.has_autobackups,
+        "mount_point": d.mount_point,
+        "file_system": d.file_system,
+        "iqn": None,
+        "volume_id": None,
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+    }
+    if admin:  # where the bytes live is the provider's business, not the VM owner's
+        out["image_path"] = d.image_path
+    return out
+
+
+def transaction(t: Transaction, *, log: bool) -> Fields:
+    out: Fields = {
+        "action": t.action,
+        "actor": None,
+        "allowed_cancel": t.allowed_cancel,
+        "associated_object_id": t.associated_object_id,
+        "associated_object_type": t.associated_object_type,
+        "created_at": t.created_at,
+        "dependent_transaction_id": None,
+        "id": t.id,
+        "identifier": t.identifier,
+        "params": t.params,
+        "parent_id": t.parent_id,
+        "parent_type": t.parent_type,
+        "pid": t.pid,
+        "priority": t.priority,
+        "scheduled": t.scheduled,
+        "start_after": t.start_after,
+        "started_at": t.started_at,
+        "status": t.status,
+        "updated_at": t.updated_at,
+        "user_id": t.user_id,
+    }
+    if log:
+        out["log_output"] = t.log_output
+    return out

@@ -1,0 +1,77 @@
+"""The ``vmbackup`` command: ``serve``, ``migrate`` and the standalone ``store`` group.
+
+Domain errors become exit codes here and only here (each error class carries its ``exit_code``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from vmbackup.config import Settings, SettingsError, load_settings
+from vmbackup.errors import VmbackupError
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        click.echo(f"vmbackup: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="vmbackup")
+def cli() -> None:
+    """vmbackup: VM disk backups behind an OnApp-compatible REST API."""
+
+
+@cli.command()
+def serve() -> None:
+    """Run the API (and, on the embedded default, the worker) on VMBACKUP_LISTEN."""
+    import uvicorn
+
+    from vmbackup.api.app import create_app
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    click.echo(f"vmbackup: listening on http://{settings.listen} (data in {settings.data_dir.resolve()})")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema up to date and exit."""
+    from vmbackup.db.migrate import upgrade
+    from vmbackup.db.session import make_engine
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(settings.database_url))
+    click.echo("vmbackup: database is up to date")
+
+
+def _mount_store() -> None:
+    try:
+        from vmbackup.cli.store import store
+    except ImportError:  # the engine CLI is optional while it is being built
+        return
+    cli.add_command(store)
+
+
+_mount_store()
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except VmbackupError as exc:
+        click.echo(f"vmbackup: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

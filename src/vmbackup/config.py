@@ -1,0 +1,113 @@
+"""Settings: one validated object built from ``VMBACKUP_*`` environment variables.
+
+Built by a factory (`load_settings`) and passed down (`create_app(settings)`), never read at import time, so each
+test can give every case its own database and data directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "VMBACKUP_"
+# Variables with our prefix that are read by other entry points, not by the service settings.
+_OTHER_KNOWN = {"VMBACKUP_STORE_DIR"}
+
+
+class SettingsError(Exception):
+    """Start-up refused: the configuration is invalid (one-line reason in the message)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="forbid", frozen=True)
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""  # empty: a SQLite file inside data_dir
+    listen: str = "127.0.0.1:8080"
+    admin_login: str = "admin"
+    admin_password: str | None = None
+    admin_email: str = "admin@localhost"
+    # "inprocess": the service runs transactions itself (embedded default); "external": separate
+    # `vmbackup worker` processes take them (through procrastinate on PostgreSQL).
+    worker: Literal["inprocess", "external"] = "inprocess"
+    worker_concurrency: int = Field(default=2, ge=1, le=64)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # How long a verified Basic credential is trusted without re-running the password hash.
+    auth_cache_seconds: int = Field(default=300, ge=0, le=86400)
+    # argon2 cost; lowered only by the test suite, never below OWASP's minimum for argon2id (19 MiB, t=2).
+    password_memory_kib: int = Field(default=65536, ge=19456)
+    password_time_cost: int = Field(default=3, ge=2)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be HOST:PORT, got {v!r}")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, v: str) -> str:
+        if v and not v.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
+            raise ValueError("must start with sqlite:// or postgresql+psycopg://")
+        if v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+        return v
+
+    @field_validator("admin_password")
+    @classmethod
+    def _no_placeholder_password(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) < 8 or v.lower() in {"changeme", "password", "changethis", "admin123"}):
+            raise ValueError("must be at least 8 characters and not a placeholder")
+        return v
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir.resolve() / 'vmbackup.db'}")
+        return self
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def storage_dir(self) -> Path:
+        """Default backup server directory, used for the backup server created on first start."""
+        return self.data_dir.resolve() / "storage"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build settings from the environment; raise SettingsError with a one-line reason."""
+    env = os.environ if environ is None else environ
+    known = {PREFIX + name.upper() for name in Settings.model_fields} | _OTHER_KNOWN
+    unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]} (known: {', '.join(sorted(known))})")
+    values: dict[str, object] = {
+        name: env[PREFIX + name.upper()] for name in Settings.model_fields if PREFIX + name.upper() in env
+    }
+    values.update(overrides)
+    try:
+        # Pass values explicitly (not through pydantic-settings' own env reading) so the mapping given here is
+        # the only source, which keeps tests independent of the caller's environment.
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = PREFIX + str(err["loc"][0]).upper() if err["loc"] else "settings"
+        raise SettingsError(f"invalid {name}: {err['msg']}") from None

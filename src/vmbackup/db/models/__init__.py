@@ -1,0 +1,17 @@
+"""All models, imported here so ``Base.metadata`` knows every table (Alembic reads it)."""
+
+from vmbackup.db.models.backups import Backup
+from vmbackup.db.models.inventory import BackupServer, DataStore, Disk, ImageTemplate, VirtualMachine
+from vmbackup.db.models.transactions import Transaction
+from vmbackup.db.models.users import User
+
+__all__ = [
+    "Backup",
+    "BackupServer",
+    "DataStore",
+    "Disk",
+    "ImageTemplate",
+    "Transaction",
+    "User",
+    "VirtualMachine",
+]

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from vmbackup.db.models import Backup, Disk, VirtualMachine
+
+
+def vms(db: Session, owner_id: int | None) -> list[VirtualMachine]:
+    q = select(VirtualMachine).order_by(VirtualMachine.id)
+    if owner_id is not None:
+        q = q.where(VirtualMachine.user_id == owner_id)
+    return list(db.scalars(q))
+
+
+def disks(db: Session, *, owner_id: int | None = None, vm_id: int | None = None) -> list[Disk]:
+    q = select(Disk).order_by(Disk.id)
+    if owner_id is not None:
+        q = q.join(VirtualMachine).where(VirtualMachine.user_id == owner_id)
+    if vm_id is not None:
+        q = q.where(Disk.virtual_machine_id == vm_id)
+    return list(db.scalars(q))
+
+
+def count_where(db: Session, column: object, value: int) -> int:
+    return db.scalar(select(func.count()).where(column == value)) or 0  # type: ignore[operator]
+
+
+def backups_on_server(db: Session, server_id: int) -> int:
+    return count_where(db, Backup.backup_server_id, server_id)
+
+
+def disks_on_data_store(db: Session, data_store_id: int) -> int:
+    return count_where(db, Disk.data_store_id, data_store_id)
+
+
+def vms_of_user(db: Session, user_id: int) -> int:
+    return count_where(db, VirtualMachine.user_id, user_id)
+
+
+def vms_of_template(db: Session, template_id: int) -> int:
+    return count_where(db, VirtualMachine.template_id, template_id)

@@ -1,0 +1,93 @@
+"""Credentials: argon2id password hashes, hashed API keys, and a cache so a request does not pay argon2 each time.
+
+Why the cache is safe: its key is an HMAC (under a per-process random secret) of the exact login and secret sent,
+and its value records which stored credential verified it (a fingerprint of the user's password hash and API-key
+hash). A hit is honoured only while the user's current row still has that fingerprint, so changing the password,
+regenerating the API key or deleting the user invalidates every cached entry at once; entries also expire after
+``ttl`` seconds. Plain secrets are never kept in memory beyond the request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from vmbackup.db.models import User
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return secrets.token_hex(20)
+
+
+def _fingerprint(user: User) -> str:
+    return hashlib.sha256(f"{user.id}:{user.password_hash}:{user.api_key_hash}".encode()).hexdigest()
+
+
+@dataclass
+class _Entry:
+    user_id: int
+    fingerprint: str
+    expires: float
+
+
+class Authenticator:
+    def __init__(self, *, memory_kib: int, time_cost: int, ttl: float, max_entries: int = 10_000) -> None:
+        self._hasher = PasswordHasher(memory_cost=memory_kib, time_cost=time_cost)
+        self._ttl = ttl
+        self._max = max_entries
+        self._key = secrets.token_bytes(32)
+        self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def hash_password(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def _cache_key(self, login: str, secret: str) -> bytes:
+        return hmac.new(self._key, f"{login}\0{secret}".encode(), hashlib.sha256).digest()
+
+    def check(self, user: User, login: str, secret: str) -> bool:
+        """True when ``secret`` is the user's password or API key."""
+        key = self._cache_key(login, secret)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._cache.get(key)
+        fresh = entry is not None and entry.expires > now and entry.user_id == user.id
+        if fresh and entry is not None and hmac.compare_digest(entry.fingerprint, _fingerprint(user)):
+            return True
+        if not self._verify(user, secret):
+            return False
+        if self._ttl > 0:
+            with self._lock:
+                self._cache[key] = _Entry(user.id, _fingerprint(user), now + self._ttl)
+                self._cache.move_to_end(key)
+                while len(self._cache) > self._max:
+                    self._cache.popitem(last=False)
+        return True
+
+    def _verify(self, user: User, secret: str) -> bool:
+        if user.api_key_hash and hmac.compare_digest(user.api_key_hash, hash_api_key(secret)):
+            return True
+        try:
+            return self._hasher.verify(user.password_hash, secret)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def burn(self) -> None:
+        """Spend the time of one password check, so an unknown login answers as slowly as a wrong password."""
+        if not hasattr(self, "_dummy"):
+            self._dummy = self._hasher.hash(secrets.token_hex(8))
+        with contextlib.suppress(VerificationError):
+            self._hasher.verify(self._dummy, "x")

@@ -1,0 +1,105 @@
+"""Backups: listing, details and notes (taking, restoring and deleting come through transactions)."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from vmbackup.db.models import Backup, Disk, User, VirtualMachine
+from vmbackup.db.queries import backups as q
+from vmbackup.errors import NotFound
+from vmbackup.services.access import find_owned
+from vmbackup.services.machines import get_disk, get_vm
+
+KINDS = {"all": None, "images": "normal", "files": "incremental"}
+
+
+def list_for_vm(db: Session, actor: User, vm_id: int, kind: str = "all") -> list[Backup]:
+    get_vm(db, actor, vm_id)
+    return q.for_vm(db, vm_id, KINDS[kind])
+
+
+def list_for_disk(db: Session, actor: User, disk_id: int, vm_id: int | None = None) -> list[Backup]:
+    disk = get_disk(db, actor, disk_id)
+    if vm_id is not None and disk.virtual_machine_id != vm_id:
+        raise NotFound("Disk not found")
+    return q.for_disk(db, disk_id)
+
+
+def list_for_user(db: Session, actor: User, user_id: int) -> list[Backup]:
+    find_owned(db, actor, User, user_id, "User", owner_id=lambda u: u.id)
+    return q.for_user(db, user_id)
+
+
+def get_backup(db: Session, actor: User, backup_id: int, vm_id: int | None = None) -> Backup:
+    backup = find_owned(db, actor, Backup, backup_id, "Backup")
+    if vm_id is not None and backup.virtual_machine_id != vm_id:
+        raise NotFound("Backup not found")
+    return backup
+
+
+def edit(db: Session, actor: User, backup_id: int, changes: dict[str, str | None], vm_id: int | None = None) -> None:
+    """Only the note is the user's to edit; an absent note leaves it as it is."""
+    backup = get_backup(db, actor, backup_id, vm_id)
+    if "note" in changes:
+        backup.note = changes["note"]
+    db.commit()
+
+
+def _snapshot(vm: VirtualMachine) -> dict[str, object]:
+    """What OnApp copies into a backup from the VM and its template when the backup is taken."""
+    t = vm.template
+    return {
+        "virtual_machine_id": vm.id,
+        "user_id": vm.user_id,
+        "template_id": vm.template_id,
+        "operating_system": t.operating_system,
+        "operating_system_distro": t.operating_system_distro,
+        "min_disk_size": t.min_disk_size,
+        "min_memory_size": t.min_memory_size,
+        "allowed_swap": t.allowed_swap,
+        "allowed_hot_migrate": t.allowed_hot_migrate,
+        "allow_resize_without_reboot": t.allow_resize_without_reboot,
+    }
+
+
+def new_normal(
+    db: Session, disk: Disk, server_id: int | None, *, note: str | None = None, initiated: str = "manual"
+) -> Backup:
+    """An unbuilt normal backup record of one disk (the data is written by the take transaction)."""
+    backup = Backup(
+        backup_type="normal",
+        target_type="Disk",
+        target_id=disk.id,
+        disk_id=disk.id,
+        image_type="tar",
+        data_store_type=disk.data_store.data_store_type,
+        backup_server_id=server_id,
+        note=note,
+        initiated=initiated,
+        **_snapshot(disk.virtual_machine),
+    )
+    db.add(backup)
+    db.flush()
+    return backup
+
+
+def new_incremental(
+    db: Session, vm: VirtualMachine, server_id: int | None, *, note: str | None = None, initiated: str = "manual"
+) -> Backup:
+    """An unbuilt incremental backup record of a whole VM."""
+    primary = next((d for d in vm.disks if d.primary), vm.disks[0] if vm.disks else None)
+    backup = Backup(
+        backup_type="incremental",
+        target_type="VirtualMachine",
+        target_id=vm.id,
+        disk_id=None,
+        image_type=None,
+        data_store_type=primary.data_store.data_store_type if primary else None,
+        backup_server_id=server_id,
+        note=note,
+        initiated=initiated,
+        **_snapshot(vm),
+    )
+    db.add(backup)
+    db.flush()
+    return backup

@@ -1,0 +1,77 @@
+"""Admin-managed settings objects: image templates, data stores and backup servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from vmbackup.db.base import Base
+from vmbackup.db.models import BackupServer, DataStore, ImageTemplate, User
+from vmbackup.db.queries import common, inventory
+from vmbackup.errors import Conflict, Invalid
+from vmbackup.services.access import apply, find, require_admin
+
+T = TypeVar("T", bound=Base)
+
+LABELS: dict[type[Base], str] = {
+    ImageTemplate: "Template",
+    DataStore: "Data store",
+    BackupServer: "Backup server",
+}
+
+
+def list_all(db: Session, actor: User, model: type[T]) -> list[T]:
+    if model is not ImageTemplate:  # every user may see the templates VMs are built from
+        require_admin(actor)
+    return common.all_of(db, model)
+
+
+def get(db: Session, actor: User, model: type[T], id_: int) -> T:
+    if model is not ImageTemplate:
+        require_admin(actor)
+    return find(db, model, id_, LABELS[model])
+
+
+def create(db: Session, actor: User, model: type[T], data: dict[str, Any]) -> T:
+    require_admin(actor)
+    if model is BackupServer:
+        _check_storage_path(data["storage_path"])
+    obj = model(**data)
+    db.add(obj)
+    db.commit()
+    return obj
+
+
+def update(db: Session, actor: User, model: type[T], id_: int, data: dict[str, Any]) -> None:
+    obj = get(db, actor, model, id_)
+    if model is BackupServer and "storage_path" in data:
+        if inventory.backups_on_server(db, id_):
+            raise Conflict("storage_path cannot change while the backup server holds backups")
+        _check_storage_path(data["storage_path"])
+    apply(obj, data)
+    db.commit()
+
+
+def delete(db: Session, actor: User, model: type[T], id_: int) -> None:
+    obj = get(db, actor, model, id_)
+    in_use = {
+        DataStore: lambda: inventory.disks_on_data_store(db, id_) and "it has disks",
+        BackupServer: lambda: inventory.backups_on_server(db, id_) and "it holds backups",
+        ImageTemplate: lambda: inventory.vms_of_template(db, id_) and "virtual machines use it",
+    }[model]()
+    if in_use:
+        raise Conflict(f"{LABELS[model]} cannot be deleted: {in_use}")
+    db.delete(obj)
+    db.commit()
+
+
+def _check_storage_path(path: str) -> None:
+    p = Path(path)
+    if not p.is_absolute() or ".." in p.parts:
+        raise Invalid(fields={"storage_path": ["must be an absolute path without '..'"]})
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Invalid(fields={"storage_path": [f"cannot be created: {exc.strerror}"]}) from None

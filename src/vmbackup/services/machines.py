@@ -1,0 +1,111 @@
+"""Virtual machines and their disks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from vmbackup.db.models import DataStore, Disk, ImageTemplate, User, VirtualMachine
+from vmbackup.db.queries import inventory
+from vmbackup.errors import Conflict, Invalid
+from vmbackup.services.access import apply, find, find_owned, owner_scope, require_admin
+
+
+def list_vms(db: Session, actor: User, owner_id: int | None = None) -> list[VirtualMachine]:
+    if owner_id is not None:
+        find_owned(db, actor, User, owner_id, "User", owner_id=lambda u: u.id)
+        return inventory.vms(db, owner_id)
+    return inventory.vms(db, owner_scope(actor))
+
+
+def get_vm(db: Session, actor: User, vm_id: int) -> VirtualMachine:
+    return find_owned(db, actor, VirtualMachine, vm_id, "VirtualMachine")
+
+
+def _check_refs(db: Session, data: dict[str, Any]) -> None:
+    for field, model, label in (
+        ("user_id", User, "User"),
+        ("template_id", ImageTemplate, "Template"),
+        ("data_store_id", DataStore, "Data store"),
+    ):
+        if data.get(field) is not None and db.get(model, data[field]) is None:
+            raise Invalid(fields={field: [f"{label} {data[field]} does not exist"]})
+
+
+def create_vm(db: Session, actor: User, data: dict[str, Any]) -> VirtualMachine:
+    require_admin(actor)
+    _check_refs(db, data)
+    vm = VirtualMachine(**data)
+    db.add(vm)
+    db.commit()
+    return vm
+
+
+def update_vm(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> None:
+    require_admin(actor)
+    vm = get_vm(db, actor, vm_id)
+    _check_refs(db, data)
+    apply(vm, data)
+    db.commit()
+
+
+def delete_vm(db: Session, actor: User, vm_id: int) -> None:
+    """Delete the VM and its disks; its backups stay, restorable by their owner (as in OnApp)."""
+    require_admin(actor)
+    vm = get_vm(db, actor, vm_id)
+    if vm.locked:
+        raise Conflict("VirtualMachine is locked by a running transaction")
+    for disk in vm.disks:
+        db.delete(disk)
+    db.delete(vm)
+    db.commit()
+
+
+def list_disks(db: Session, actor: User, vm_id: int | None = None) -> list[Disk]:
+    if vm_id is not None:
+        get_vm(db, actor, vm_id)
+        return inventory.disks(db, vm_id=vm_id)
+    return inventory.disks(db, owner_id=owner_scope(actor))
+
+
+def get_disk(db: Session, actor: User, disk_id: int) -> Disk:
+    return find_owned(db, actor, Disk, disk_id, "Disk", owner_id=lambda d: d.virtual_machine.user_id)
+
+
+def _check_image_path(path: str | None) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if not p.is_absolute() or ".." in p.parts:
+        raise Invalid(fields={"image_path": ["must be an absolute path without '..'"]})
+
+
+def create_disk(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> Disk:
+    require_admin(actor)
+    find(db, VirtualMachine, vm_id, "VirtualMachine")
+    _check_refs(db, data)
+    _check_image_path(data.get("image_path"))
+    disk = Disk(virtual_machine_id=vm_id, **data)
+    db.add(disk)
+    db.commit()
+    return disk
+
+
+def update_disk(db: Session, actor: User, disk_id: int, data: dict[str, Any]) -> None:
+    require_admin(actor)
+    disk = get_disk(db, actor, disk_id)
+    _check_refs(db, data)
+    _check_image_path(data.get("image_path"))
+    apply(disk, data)
+    db.commit()
+
+
+def delete_disk(db: Session, actor: User, disk_id: int) -> None:
+    require_admin(actor)
+    disk = get_disk(db, actor, disk_id)
+    if disk.locked:
+        raise Conflict("Disk is locked by a running transaction")
+    db.delete(disk)
+    db.commit()
