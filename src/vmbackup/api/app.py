@@ -17,6 +17,7 @@ from vmbackup.api.routes import (
     data_stores,
     disks,
     templates,
+    transactions,
     users,
     version,
     virtual_machines,
@@ -24,12 +25,13 @@ from vmbackup.api.routes import (
 from vmbackup.config import Settings
 from vmbackup.db.migrate import upgrade
 from vmbackup.db.session import make_engine, make_session_factory
+from vmbackup.jobs.worker import Worker
 from vmbackup.services.auth import Authenticator
 from vmbackup.services.bootstrap import first_start
 
 log = logging.getLogger("vmbackup")
 
-ROUTERS = [version, users, templates, data_stores, backup_servers, virtual_machines, disks, backups]
+ROUTERS = [version, users, templates, data_stores, backup_servers, virtual_machines, disks, backups, transactions]
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -41,8 +43,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+        worker = app.state.worker
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            engine.dispose()
 
     # Start-up order: migrate, seed, then serve. Done here (not in lifespan) so a broken database stops
     # start-up at once with its reason, and tests get a ready app without running the lifespan.
@@ -74,6 +83,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = sessions
     app.state.auth = auth
+    # The embedded default runs transactions in this process; "external" leaves them to `vmbackup worker`.
+    app.state.worker = (
+        Worker(sessions, concurrency=settings.worker_concurrency) if settings.worker == "inprocess" else None
+    )
     for module in ROUTERS:
         app.include_router(module.router)
     errors.install(app)

@@ -70,6 +70,7 @@ class Context:
     user: User
     fmt: str
     tz: tzinfo
+    worker: Any = None
 
     def one(self, root: str, record: dict[str, Any], status: int = 200) -> Response:
         return formats.render_one(self.fmt, root, record, self.tz, status)
@@ -84,10 +85,15 @@ class Context:
     def admin(self) -> bool:
         return self.user.is_admin
 
+    def queued(self) -> None:
+        """Tell the in-process worker (if this process runs one) that a transaction is waiting."""
+        if self.worker is not None:
+            self.worker.wake()
+
 
 def get_context(request: Request, db: DbDep) -> Context:
     user = authenticate(request, db)
-    return Context(db=db, user=user, fmt=request.state.fmt, tz=_zone(user.time_zone))
+    return Context(db=db, user=user, fmt=request.state.fmt, tz=_zone(user.time_zone), worker=request.app.state.worker)
 
 
 Ctx = Annotated[Context, Depends(get_context)]

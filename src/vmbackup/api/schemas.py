@@ -192,3 +192,8 @@ class BackupNote(InputModel):
         }
     )
     note: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+
+
+class BackupConvert(InputModel):
+    read_only: ClassVar[frozenset[str]] = frozenset({"id"})  # the PHP wrapper sends the backup id along
+    label: Label

@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from vmbackup.cli.store import store
 from vmbackup.config import Settings, SettingsError, load_settings
 from vmbackup.errors import VmbackupError
 
@@ -54,15 +55,32 @@ def migrate() -> None:
     click.echo("vmbackup: database is up to date")
 
 
-def _mount_store() -> None:
-    try:
-        from vmbackup.cli.store import store
-    except ImportError:  # the engine CLI is optional while it is being built
-        return
-    cli.add_command(store)
+@cli.command()
+def worker() -> None:
+    """Run transactions queued by `vmbackup serve` processes started with VMBACKUP_WORKER=external."""
+    import signal
+    import threading
+
+    from vmbackup.db.migrate import upgrade
+    from vmbackup.db.session import make_engine, make_session_factory
+    from vmbackup.jobs.worker import Worker
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    runner = Worker(make_session_factory(engine), concurrency=settings.worker_concurrency, poll_seconds=0.5)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runner.start()
+    click.echo(f"vmbackup: worker {runner.me} running {settings.worker_concurrency} at a time")
+    stop.wait()
+    click.echo("vmbackup: worker stopping after the transactions it runs")
+    runner.stop()
 
 
-_mount_store()
+cli.add_command(store)
 
 
 def main() -> None:

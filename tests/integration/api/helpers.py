@@ -33,3 +33,27 @@ def make_backup(
             setattr(backup, key, value)
         db.commit()
         return backup.id
+
+
+def wait_idle(api: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Poll the API until no transaction is pending or running; returns the transactions, newest first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        txs = [t["transaction"] for t in api.get("/transactions.json?per_page=1000").json()]
+        if all(t["status"] not in ("pending", "running") for t in txs):
+            return txs
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"transactions still busy: {txs}")
+        time.sleep(0.05)
+
+
+def sha256(path: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

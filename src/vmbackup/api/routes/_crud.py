@@ -1,7 +1,5 @@
 """The five admin CRUD routes shared by settings resources that have nothing special about them."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Annotated, Any
 

@@ -2,15 +2,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from vmbackup.api import formats, presenters
-from vmbackup.api.body import body, openapi_body
+from vmbackup.api.body import body, openapi_body, read_lenient
 from vmbackup.api.deps import Ctx
-from vmbackup.api.schemas import BackupNote
+from vmbackup.api.schemas import BackupConvert, BackupNote
 from vmbackup.db.models import Backup
-from vmbackup.services import backups
+from vmbackup.services import actions, backups
 
 router = APIRouter(tags=["backups"])
 ROOT = "backup"
@@ -68,4 +68,47 @@ def edit_vm_backup_note(
     vm_id: int, backup_id: int, ctx: Ctx, data: Annotated[BackupNote, body(ROOT, BackupNote)]
 ) -> Response:
     backups.edit(ctx.db, ctx.user, backup_id, data.model_dump(exclude_unset=True), vm_id=vm_id)
+    return formats.no_content()
+
+
+async def note_of(request: Request) -> str | None:
+    note = (await read_lenient(request, ROOT)).get("note")
+    return note if isinstance(note, str) else None
+
+
+NoteDep = Annotated[str | None, Depends(note_of)]
+
+
+@router.post("/settings/disks/{disk_id}/backups", status_code=201)
+def take_normal_backup(disk_id: int, ctx: Ctx, note: NoteDep) -> Response:
+    backup, _ = actions.take_normal(ctx.db, ctx.user, disk_id, note)
+    ctx.queued()
+    return ctx.one(ROOT, presenters.backup(backup), 201)
+
+
+@router.post("/virtual_machines/{vm_id}/backups", status_code=201)
+def take_incremental_backup(vm_id: int, ctx: Ctx, note: NoteDep) -> Response:
+    backup, _ = actions.take_incremental(ctx.db, ctx.user, vm_id, note)
+    ctx.queued()
+    return ctx.one(ROOT, presenters.backup(backup), 201)
+
+
+@router.post("/backups/{backup_id}/restore", status_code=201)
+def restore_backup(backup_id: int, ctx: Ctx) -> Response:
+    actions.restore(ctx.db, ctx.user, backup_id)  # any body is ignored: clients send stale ones
+    ctx.queued()
+    return ctx.one(ROOT, presenters.backup(backups.get_backup(ctx.db, ctx.user, backup_id)), 201)
+
+
+@router.post("/backups/{backup_id}/convert", status_code=201, openapi_extra=openapi_body(ROOT, BackupConvert))
+def convert_backup(backup_id: int, ctx: Ctx, data: Annotated[BackupConvert, body(ROOT, BackupConvert)]) -> Response:
+    template, _ = actions.convert(ctx.db, ctx.user, backup_id, data.label)
+    ctx.queued()
+    return ctx.one("image_template", presenters.template(template), 201)
+
+
+@router.delete("/backups/{backup_id}", status_code=204)
+def delete_backup(backup_id: int, ctx: Ctx) -> Response:
+    actions.delete(ctx.db, ctx.user, backup_id)
+    ctx.queued()
     return formats.no_content()

@@ -17,6 +17,7 @@ class Transaction(Timestamps, Base):
         Index("ix_transactions_status", "status", "id"),
         Index("ix_transactions_vm", "associated_object_id", "id"),
         Index("ix_transactions_user", "user_id", "id"),
+        Index("ix_transactions_lock", "lock_key", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -34,6 +35,10 @@ class Transaction(Timestamps, Base):
     allowed_cancel: Mapped[bool] = mapped_column(Boolean, default=False)
     scheduled: Mapped[bool] = mapped_column(Boolean, default=False)
     pid: Mapped[int | None] = mapped_column(Integer)
+    # One transaction per lock key runs at a time (e.g. "vm:7": takes and restores of one VM's disks).
+    lock_key: Mapped[str] = mapped_column(String(64), default="")
+    # host:pid of the worker running it; with heartbeat_at, how a stalled worker is recognised.
+    worker: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     start_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 04:50:49.903628
+Create Date: 2026-11-27 04:56:48.547531
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ def upgrade() -> None:
         sa.Column("allowed_cancel", sa.Boolean(), nullable=False),
         sa.Column("scheduled", sa.Boolean(), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=True),
+        sa.Column("lock_key", sa.String(length=64), nullable=False),
+        sa.Column("worker", sa.String(length=255), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("start_after", vmbackup.db.base.UTCDateTime(), nullable=True),
         sa.Column("started_at", vmbackup.db.base.UTCDateTime(), nullable=True),
@@ -71,6 +73,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_transactions")),
     )
     with op.batch_alter_table("transactions", schema=None) as batch_op:
+        batch_op.create_index("ix_transactions_lock", ["lock_key", "status"], unique=False)
         batch_op.create_index("ix_transactions_status", ["status", "id"], unique=False)
         batch_op.create_index("ix_transactions_user", ["user_id", "id"], unique=False)
         batch_op.create_index("ix_transactions_vm", ["associated_object_id", "id"], unique=False)
@@ -249,6 +252,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_transactions_vm")
         batch_op.drop_index("ix_transactions_user")
         batch_op.drop_index("ix_transactions_status")
+        batch_op.drop_index("ix_transactions_lock")
 
     op.drop_table("transactions")
     op.drop_table("data_stores")

@@ -1,0 +1,155 @@
+"""Running one transaction: claim it, keep a heartbeat, record the outcome. And recovering the ones whose
+worker died (kill -9, power loss): they are marked failed with a reason, never left ``running``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vmbackup.db.models import Backup, BackupServer, Transaction
+from vmbackup.db.queries import common
+from vmbackup.db.queries import transactions as q
+from vmbackup.errors import VmbackupError
+from vmbackup.services import tasks
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5.0
+# A running transaction whose heartbeat is older than this belongs to a dead or hung worker.
+STALL_SECONDS = 60.0
+
+Sessions = sessionmaker[Session]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class TxLog:
+    """The transaction's ``log_output``: timestamped lines, flushed to the database by the heartbeat."""
+
+    def __init__(self, existing: str = "") -> None:
+        self.lines = [existing.rstrip("\n")] if existing else []
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        with self._lock:
+            self.lines.append(f"[{_now().isoformat()}] {message}")
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines) + "\n"
+
+
+def _write(sessions: Sessions, tx_id: int, **values: object) -> None:
+    with sessions() as db:
+        tx = db.get(Transaction, tx_id)
+        if tx is not None:
+            for key, value in values.items():
+                setattr(tx, key, value)
+            db.commit()
+
+
+def _heartbeat(sessions: Sessions, tx_id: int, txlog: TxLog, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            _write(sessions, tx_id, heartbeat_at=_now(), log_output=txlog.text())
+        except Exception:  # a database blip must not kill the work; the next beat tries again
+            log.warning("heartbeat of transaction %s failed", tx_id, exc_info=True)
+
+
+def execute(sessions: Sessions, tx_id: int, me: str | None = None) -> str | None:
+    """Run transaction ``tx_id`` if it can be claimed now; returns its final status, or None if not claimed."""
+    me = me or worker_id()
+    with sessions() as db:
+        tx = db.get(Transaction, tx_id)
+        if tx is None or tx.status != "pending" or not q.claim(db, tx_id, tx.lock_key, me, os.getpid(), _now()):
+            return None
+        db.refresh(tx)
+        db.expunge(tx)
+    txlog = TxLog(tx.log_output)
+    txlog(f"Started by worker {me} (attempt {tx.attempts})")
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(sessions, tx_id, txlog, stop), daemon=True)
+    beat.start()
+    status = "failed"
+    try:
+        tasks.ACTIONS[tx.action](sessions, tx, txlog)
+        status = "complete"
+    except VmbackupError as exc:
+        txlog(f"Failed: {exc.message}")
+    except Exception as exc:
+        log.exception("transaction %s (%s) crashed", tx_id, tx.action)
+        txlog(f"Failed: internal error: {exc!r}")
+    finally:
+        stop.set()
+        beat.join()
+    if status == "failed":
+        try:
+            tasks.fail(sessions, tx)
+        except Exception:
+            log.exception("could not release the locks of transaction %s", tx_id)
+    _write(sessions, tx_id, status=status, finished_at=_now(), heartbeat_at=_now(), log_output=txlog.text())
+    return status
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_dead(tx: Transaction, now: datetime, host: str) -> bool:
+    owner_host, _, pid = (tx.worker or "").rpartition(":")
+    if owner_host == host and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        return True  # same machine, process gone: no need to wait for the heartbeat to age
+    beat = tx.heartbeat_at or tx.started_at
+    return beat is None or now - beat > timedelta(seconds=STALL_SECONDS)
+
+
+def recover(sessions: Sessions, *, clean_storage: bool = False) -> list[int]:
+    """Fail the running transactions whose worker is gone; returns their ids.
+
+    With ``clean_storage`` (worker start-up, when nothing else runs) it also removes the temporary files a
+    killed worker left in every backup server's storage."""
+    now, host = _now(), socket.gethostname()
+    recovered = []
+    with sessions() as db:
+        stalled = [tx for tx in q.running(db) if _is_dead(tx, now, host)]
+        for tx in stalled:
+            db.expunge(tx)
+    for tx in stalled:
+        txlog = TxLog(tx.log_output)
+        txlog(
+            f"Failed: worker {tx.worker} stopped while this transaction was running "
+            f"(last heartbeat {tx.heartbeat_at}); recovered by {worker_id()}"
+        )
+        tasks.fail(sessions, tx)
+        _write(sessions, tx.id, status="failed", finished_at=now, log_output=txlog.text())
+        recovered.append(tx.id)
+        log.warning("recovered transaction %s left running by %s", tx.id, tx.worker)
+    if clean_storage:
+        with sessions() as db:
+            if not q.running(db):
+                for server in common.all_of(db, BackupServer):
+                    try:
+                        tasks.engine_for(server).recover()
+                    except Exception:
+                        log.warning("cleaning storage of backup server %s failed", server.id, exc_info=True)
+    return recovered
+
+
+__all__ = ["Backup", "execute", "recover", "worker_id"]

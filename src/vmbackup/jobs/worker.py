@@ -1,0 +1,109 @@
+"""The database-polling worker: runs pending transactions, at most ``concurrency`` at once and one per lock key.
+
+Used in-process by ``vmbackup serve`` (the embedded default) and standalone by ``vmbackup worker``. The
+transactions table is the queue: a claim is one conditional UPDATE, so several workers never run the same
+transaction or two transactions with the same lock key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vmbackup.db.queries import transactions as q
+from vmbackup.jobs import executor
+
+log = logging.getLogger(__name__)
+
+RECOVERY_EVERY_SECONDS = 30.0
+
+
+class Worker:
+    def __init__(self, sessions: sessionmaker[Session], *, concurrency: int = 2, poll_seconds: float = 1.0) -> None:
+        self.sessions = sessions
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self.me = executor.worker_id()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmbackup-tx")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._inflight: dict[int, tuple[str, Future[str | None]]] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        executor.recover(self.sessions, clean_storage=True)
+        self._thread = threading.Thread(target=self._loop, name="vmbackup-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look for work now (called after a transaction is queued)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _loop(self) -> None:
+        since_recovery = 0.0
+        while not self._stop.is_set():
+            try:
+                self.run_pending()
+                since_recovery += self.poll_seconds
+                if since_recovery >= RECOVERY_EVERY_SECONDS:
+                    executor.recover(self.sessions)
+                    since_recovery = 0.0
+            except Exception:  # keep polling through database restarts; the failure is logged
+                log.exception("worker loop error")
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+
+    def run_pending(self) -> int:
+        """Start what can start now; returns how many were started."""
+        self._inflight = {k: v for k, v in self._inflight.items() if not v[1].done()}
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        with self.sessions() as db:
+            busy = q.busy_lock_keys(db) | {key for key, _ in self._inflight.values()}
+            candidates = [(tx.id, tx.lock_key) for tx in q.pending(db)]
+        started = 0
+        for tx_id, lock_key in candidates:
+            if started >= free:
+                break
+            if lock_key in busy or tx_id in self._inflight:
+                continue
+            busy.add(lock_key)
+            future = self._pool.submit(self._run, tx_id)
+            self._inflight[tx_id] = (lock_key, future)
+            started += 1
+        return started
+
+    def _run(self, tx_id: int) -> str | None:
+        try:
+            return executor.execute(self.sessions, tx_id, self.me)
+        finally:
+            self._wake.set()  # a finished transaction may unblock one waiting on its lock key
+
+    def run_until_idle(self, timeout: float = 60.0) -> None:
+        """Foreground helper for tests and one-shot runs: process until nothing is pending or running here."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.run_pending()
+            for _, future in list(self._inflight.values()):
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            with self.sessions() as db:
+                if not q.pending(db, limit=1) and not self._inflight_running():
+                    return
+            time.sleep(0.01)
+        raise TimeoutError("transactions still pending")
+
+    def _inflight_running(self) -> bool:
+        return any(not f.done() for _, f in self._inflight.values())

@@ -1,0 +1,220 @@
+"""Doing the work of a transaction: what a worker runs once it has claimed one.
+
+Database sessions are short (read what is needed, close, run the engine, open another to record the result), so
+a long backup never holds a database lock. ``fail`` undoes the request's locks after an error or a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, VirtualMachine
+from vmbackup.engine import Engine, Stats
+from vmbackup.errors import BackupMissing, Conflict, SourceMissing
+from vmbackup.storage.local import LocalStorage
+
+Log = Callable[[str], None]
+Sessions = sessionmaker[Session]
+
+
+def disk_key(disk_id: int) -> str:
+    """How a disk is named inside an incremental backup's manifest."""
+    return f"disk-{disk_id}"
+
+
+def template_archive_id(template: ImageTemplate) -> str:
+    return f"template-{template.identifier}"
+
+
+def engine_for(server: BackupServer) -> Engine:
+    return Engine(LocalStorage(server.storage_path))
+
+
+def _kib(n: int) -> int:
+    return math.ceil(n / 1024)
+
+
+def _describe(stats: Stats) -> str:
+    mib = 1024 * 1024
+    return (
+        f"logical {stats.logical_bytes / mib:.1f} MiB, read {stats.bytes_read / mib:.1f} MiB, "
+        f"zero/holes {stats.zero_bytes / mib:.1f} MiB, reused {stats.reused_bytes / mib:.1f} MiB, "
+        f"stored {stats.new_bytes_stored / mib:.1f} MiB, {stats.duration_seconds:.2f} s"
+    )
+
+
+def _progress(log: Log) -> Callable[[int, int], None]:
+    marks = iter((25, 50, 75, 101))
+    nxt = next(marks)
+
+    def report(done: int, total: int) -> None:
+        nonlocal nxt
+        while total and done * 100 >= nxt * total:
+            log(f"{nxt}% done")
+            nxt = next(marks, 1000)
+
+    return report
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _load(sessions: Sessions, tx: Transaction) -> tuple[Backup, BackupServer]:
+    with sessions() as db:
+        backup = db.get(Backup, tx.parent_id)
+        if backup is None:
+            raise Conflict(f"backup {tx.parent_id} no longer exists")
+        server = db.get(BackupServer, backup.backup_server_id) if backup.backup_server_id else None
+        if server is None:
+            raise Conflict(f"backup {backup.id} has no backup server")
+        return backup, server
+
+
+def _mark_built(sessions: Sessions, backup_id: int, stats: Stats) -> None:
+    with sessions() as db:
+        backup = db.get(Backup, backup_id)
+        assert backup is not None
+        backup.built, backup.built_at, backup.locked = True, _now(), False
+        backup.backup_size = _kib(stats.new_bytes_stored)
+        backup.logical_size = stats.logical_bytes
+        db.commit()
+
+
+def _image_of(disk: Disk | None, disk_id: int) -> str:
+    if disk is None or not disk.image_path:
+        raise SourceMissing(f"disk {disk_id} no longer exists or has no image path")
+    return disk.image_path
+
+
+def take_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
+    backup, server = _load(sessions, tx)
+    with sessions() as db:
+        path = _image_of(db.get(Disk, tx.params["disk_id"]), tx.params["disk_id"])
+    log(f"Taking normal backup {backup.identifier} of disk {backup.disk_id} ({path}) on backup server {server.label!r}")
+    stats = engine_for(server).take_normal(backup.identifier, path, _progress(log))
+    _mark_built(sessions, backup.id, stats)
+    log(f"Backup built: {_describe(stats)}")
+
+
+def take_incremental_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
+    backup, server = _load(sessions, tx)
+    with sessions() as db:
+        disks = {disk_key(i): _image_of(db.get(Disk, i), i) for i in tx.params["disk_ids"]}
+    log(
+        f"Taking incremental backup {backup.identifier} of virtual machine {backup.virtual_machine_id}: "
+        + ", ".join(f"{k} ({p})" for k, p in disks.items())
+    )
+    stats = engine_for(server).take_incremental(backup.identifier, disks, _progress(log))
+    _mark_built(sessions, backup.id, stats)
+    log(f"Backup built: {_describe(stats)}")
+
+
+def _restore_targets(db: Session, backup: Backup, log: Log) -> dict[str, str] | str:
+    if backup.disk_id is not None:
+        return _image_of(db.get(Disk, backup.disk_id), backup.disk_id)
+    vm = db.get(VirtualMachine, backup.virtual_machine_id)
+    targets = {disk_key(d.id): d.image_path for d in (vm.disks if vm else []) if d.image_path}
+    if not targets:
+        raise SourceMissing("the virtual machine has no disk with an image path to restore to")
+    return targets
+
+
+def restore_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
+    backup, server = _load(sessions, tx)
+    with sessions() as db:
+        targets = _restore_targets(db, backup, log)
+    shown = targets if isinstance(targets, str) else ", ".join(f"{k} -> {p}" for k, p in targets.items())
+    log(f"Restoring {backup.backup_type} backup {backup.identifier} to {shown}")
+    stats = engine_for(server).restore(backup.identifier, targets, _progress(log))
+    _unlock(sessions, backup.id, backup.virtual_machine_id)
+    log(f"Restore complete: {_describe(stats)}")
+
+
+def convert_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
+    backup, server = _load(sessions, tx)
+    with sessions() as db:
+        template = db.get(ImageTemplate, tx.params["template_id"])
+        if template is None:
+            raise Conflict("the template being made was deleted")
+        archive_id = template_archive_id(template)
+        vm = db.get(VirtualMachine, backup.virtual_machine_id)
+        primary = next((d for d in (vm.disks if vm else []) if d.primary), None)
+    engine = engine_for(server)
+    # The template file is a normal archive of one disk image: restore the backup's disk to a scratch file on
+    # the backup server's own filesystem, then archive it. Simple and format-agnostic; costs one extra pass.
+    fd, scratch = tempfile.mkstemp(prefix=".convert-", suffix=".img", dir=server.storage_path)
+    os.close(fd)
+    os.unlink(scratch)
+    try:
+        # An incremental holds every disk of the VM: the template is made from the primary one (a lone disk
+        # needs no name; several without a primary is refused by the engine with a clear error).
+        use_primary = backup.disk_id is None and primary is not None
+        engine.restore(backup.identifier, {disk_key(primary.id): scratch} if use_primary else scratch)
+        log(f"Converting backup {backup.identifier} into template {template.label!r}")
+        stats = engine.take_normal(archive_id, scratch, _progress(log))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            Path(scratch).unlink()
+    with sessions() as db:
+        template = db.get(ImageTemplate, tx.params["template_id"])
+        assert template is not None
+        template.state, template.template_size = "active", _kib(stats.new_bytes_stored)
+        db.commit()
+    _unlock(sessions, backup.id)
+    log(f"Template {template.id} ready: {_describe(stats)}")
+
+
+def destroy_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
+    backup, server = _load(sessions, tx)
+    try:
+        freed = engine_for(server).delete(backup.identifier)
+        log(f"Deleted backup {backup.identifier}: {freed / 1024 / 1024:.1f} MiB freed")
+    except BackupMissing:
+        log(f"Backup {backup.identifier} had no stored data (it was never built)")
+    with sessions() as db:
+        row = db.get(Backup, backup.id)
+        if row is not None:
+            db.delete(row)
+            db.commit()
+
+
+def _unlock(sessions: Sessions, backup_id: int, vm_id: int | None = None) -> None:
+    with sessions() as db:
+        backup = db.get(Backup, backup_id)
+        if backup is not None:
+            backup.locked = False
+        vm = db.get(VirtualMachine, vm_id) if vm_id is not None else None
+        if vm is not None:
+            vm.locked = False
+        db.commit()
+
+
+def fail(sessions: Sessions, tx: Transaction) -> None:
+    """Undo a failed or interrupted transaction's locks; a take leaves its backup unbuilt, a convert its template
+    removed. Stored data needs no undo: the engine writes atomically and ``Engine.recover`` clears leftovers."""
+    vm_id = tx.associated_object_id if tx.action == "restore_backup" else None
+    _unlock(sessions, tx.parent_id, vm_id)
+    if tx.action == "convert_backup":
+        with sessions() as db:
+            template = db.get(ImageTemplate, tx.params.get("template_id"))
+            if template is not None and template.state == "pending":
+                db.delete(template)
+                db.commit()
+
+
+ACTIONS: dict[str, Callable[[Sessions, Transaction, Log], None]] = {
+    "take_backup": take_backup,
+    "take_incremental_backup": take_incremental_backup,
+    "restore_backup": restore_backup,
+    "convert_backup": convert_backup,
+    "destroy_backup": destroy_backup,
+}

@@ -1,0 +1,89 @@
+"""The storage contract: a flat map of keys to immutable byte objects.
+
+Everything the engine keeps (archives, chunks, manifests) goes through this small interface, so a new backend
+(S3 later) only has to implement these methods and pass `tests/unit/storage/test_contract.py`.
+
+Keys are relative, '/'-separated paths of `[A-Za-z0-9._-]` components that never start with a dot: names
+starting with a dot are reserved for a backend's temporary objects and its lock.
+
+Errors: a missing key raises `ObjectMissing`; running out of space raises `vmbackup.errors.StorageFull`, and
+a failed write never leaves a partial object (nor, after `cleanup_temp`, a temporary one) behind.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import BinaryIO, Protocol
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
+
+
+class ObjectMissing(LookupError):
+    """No object is stored under this key."""
+
+
+class Writer(Protocol):
+    """What `Storage.open_writer` yields: a write-only byte sink."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the store or collide with temporary names."""
+    parts = key.split("/")
+    if not key or any(not _COMPONENT.match(p) or p in (".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+class Storage(ABC):
+    """Key -> bytes.  Objects are written once, atomically: readers see the whole object or nothing."""
+
+    @abstractmethod
+    def open_writer(self, key: str) -> AbstractContextManager[Writer]:
+        """Stream a new object.  It becomes visible (durably) only when the block exits without error;
+        on error nothing is left under `key` and the temporary data is removed.  Replaces an existing key."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` atomically."""
+        with self.open_writer(key) as w:
+            w.write(data)
+
+    @abstractmethod
+    def open_reader(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A readable, seekable file object over the object."""
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The object's bytes, or the range [offset, offset+length)."""
+        with self.open_reader(key) as f:
+            f.seek(offset)
+            return f.read() if length is None else f.read(length)
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Stored size in bytes; raises ObjectMissing."""
+
+    @abstractmethod
+    def delete(self, key: str) -> int:
+        """Remove the object and return the bytes freed; raises ObjectMissing."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with `prefix` (a plain string prefix), in no particular order, temporaries excluded."""
+
+    @abstractmethod
+    def cleanup_temp(self) -> int:
+        """Remove temporary objects left by writers that died; returns how many.  Only safe while no writer
+        is active (the engine calls it under the exclusive lock)."""
+
+    @abstractmethod
+    def lock(self, *, exclusive: bool, blocking: bool = True) -> AbstractContextManager[bool]:
+        """A store-wide reader/writer lock shared by every process using the store.  Yields True when held;
+        with blocking=False yields False instead of waiting.  Backups hold it shared, garbage collection and
+        crash recovery exclusive (see docs/formats.md)."""

@@ -1,0 +1,130 @@
+"""Normal backups: sparse .tar.zst archives readable by stock tools and by our own reader."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import ImageFactory, MiB, overwrite
+
+from vmbackup.engine import Engine
+from vmbackup.engine.archive import archive_key
+from vmbackup.storage import LocalStorage, Storage
+
+
+def test_normal_round_trip_to_new_file_is_identical_and_sparse(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    image = make_image()
+    stats = Engine(storage).take_normal("n0000000000001", str(image))
+    assert stats.logical_bytes == 6 * MiB
+    # Holes and the written-zero MiB are not stored: only ~100 KB random + compressible text + 70 KB random.
+    assert stats.zero_bytes > 4 * MiB
+    assert stats.new_bytes_stored < 400_000
+    out = tmp_path / "restored.img"
+    Engine(storage).restore("n0000000000001", str(out))
+    assert out.read_bytes() == image.read_bytes()
+    assert os.stat(out).st_blocks * 512 < 2 * MiB  # the zeros came back as holes
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_stock_zstd_and_tar_restore_identical_image(
+    local: LocalStorage, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    image = make_image()
+    Engine(local).take_normal("n0000000000002", str(image))
+    out = tmp_path / "x"
+    out.mkdir()
+    archive = local.path_of(archive_key("n0000000000002"))
+    subprocess.run(f"zstd -q -dc {archive} | tar -xSf -", shell=True, cwd=out, check=True)
+    restored = out / "n0000000000002.img"
+    assert restored.read_bytes() == image.read_bytes()
+    assert os.stat(restored).st_blocks * 512 < 2 * MiB
+
+
+def test_python_tarfile_reads_the_sparse_member(local: LocalStorage, make_image: ImageFactory, tmp_path: Path) -> None:
+    image = make_image()
+    Engine(local).take_normal("n0000000000003", str(image))
+    tar = tmp_path / "a.tar"
+    subprocess.run(["zstd", "-q", "-d", str(local.path_of(archive_key("n0000000000003"))), "-o", str(tar)], check=True)
+    with tarfile.open(tar) as t:
+        (member,) = t.getmembers()
+        assert member.name == "n0000000000003.img" and member.size == 6 * MiB
+        assert member.sparse and sum(n for _, n in member.sparse) < 2 * MiB
+        f = t.extractfile(member)
+        assert f is not None and f.read() == image.read_bytes()
+
+
+def test_image_of_only_holes_and_empty_image(storage: Storage, tmp_path: Path) -> None:
+    eng = Engine(storage)
+    for i, size in enumerate((0, 3 * MiB + 5)):
+        img = tmp_path / f"empty{i}.img"
+        with open(img, "wb") as f:
+            f.truncate(size)
+        eng.take_normal(f"e{i}", str(img))
+        out = tmp_path / f"out{i}.img"
+        eng.restore(f"e{i}", str(out))
+        assert out.stat().st_size == size and out.read_bytes() == bytes(size)
+
+
+def test_image_over_8_gib_uses_pax_size_and_restores_with_tar(local: LocalStorage, tmp_path: Path) -> None:
+    img = tmp_path / "huge.img"
+    size = 9 * 1024 * MiB + 512  # sparse: only two small data regions
+    with open(img, "wb") as f:
+        f.truncate(size)
+    overwrite(img, 5, b"head")
+    overwrite(img, size - 4096, b"tail" * 1024)
+    Engine(local).take_normal("big", str(img))
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(f"zstd -q -dc {local.path_of(archive_key('big'))} | tar -xSf -", shell=True, cwd=out, check=True)
+    restored = out / "big.img"
+    assert restored.stat().st_size == size
+    with open(restored, "rb") as f:
+        assert f.read(16) == bytes(5) + b"head" + bytes(7)
+        f.seek(size - 4096)
+        assert f.read() == b"tail" * 1024
+
+
+def test_restore_in_place_over_existing_file(storage: Storage, make_image: ImageFactory) -> None:
+    image = make_image()
+    original = image.read_bytes()
+    eng = Engine(storage)
+    eng.take_normal("n1", str(image))
+    overwrite(image, MiB + 10, b"garbage" * 1000)  # dirty a region the backup holds as zeros
+    overwrite(image, 50, b"changed")
+    with open(image, "ab") as f:
+        f.write(b"grown")
+    eng.restore("n1", str(image))
+    assert image.read_bytes() == original
+
+
+def test_in_place_over_device_like_target_zeroes_holes(storage: Storage, make_image: ImageFactory) -> None:
+    """Block devices keep old data in regions we skip; force that path on a regular file."""
+    from vmbackup.engine.restore import restore_normal
+
+    image = make_image()
+    original = image.read_bytes()
+    Engine(storage).take_normal("n2", str(image))
+    overwrite(image, MiB + 10, b"garbage" * 1000)
+    overwrite(image, 5 * MiB, b"more garbage" * 1000)
+    restore_normal(storage, "n2", str(image), None, force_overwrite=True)
+    assert image.read_bytes() == original
+
+
+def test_progress_reaches_total(storage: Storage, make_image: ImageFactory, tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    Engine(storage).take_normal("p1", str(make_image()), progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (6 * MiB, 6 * MiB)
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False))
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "", ".x", "x" * 65])
+def test_invalid_backup_id_is_refused(storage: Storage, make_image: ImageFactory, bad: str) -> None:
+    from vmbackup.errors import InvalidBackupId
+
+    with pytest.raises(InvalidBackupId):
+        Engine(storage).take_normal(bad, str(make_image()))
