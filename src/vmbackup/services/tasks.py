@@ -151,7 +151,8 @@ def convert_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     engine = engine_for(server)
     # The template file is a normal archive of one disk image: restore the backup's disk to a scratch file on
     # the backup server's own filesystem, then archive it. Simple and format-agnostic; costs one extra pass.
-    fd, scratch = tempfile.mkstemp(prefix=".convert-", suffix=".img", dir=server.storage_path)
+    # ".tmp-" so the storage's crash clean-up (`Engine.recover`) removes it if this worker is killed.
+    fd, scratch = tempfile.mkstemp(prefix=".tmp-convert-", suffix=".img", dir=server.storage_path)
     os.close(fd)
     os.unlink(scratch)
     try:
