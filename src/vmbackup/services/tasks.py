@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, VirtualMachine
 from vmbackup.engine import Engine, Stats
-from vmbackup.errors import BackupMissing, Conflict, SourceMissing
+from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing
 from vmbackup.storage.local import LocalStorage
 
 Log = Callable[[str], None]
@@ -133,8 +133,17 @@ def restore_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     with sessions() as db:
         targets = _restore_targets(db, backup, log)
     shown = targets if isinstance(targets, str) else ", ".join(f"{k} -> {p}" for k, p in targets.items())
+    engine = engine_for(server)
+    # Restores overwrite the disk in place, and a damaged chunk or archive is only found when read: check the
+    # whole backup first, so damage is reported before the disk is touched, not half way through overwriting it.
+    report = engine.verify(backup.identifier)
+    if not report.ok:
+        raise BackupDamaged(
+            f"backup {backup.identifier} is damaged; the disk was not touched: " + "; ".join(report.problems[:5])
+        )
+    log(f"Verified backup {backup.identifier} ({report.bytes_checked / 1024 / 1024:.1f} MiB checked)")
     log(f"Restoring {backup.backup_type} backup {backup.identifier} to {shown}")
-    stats = engine_for(server).restore(backup.identifier, targets, _progress(log))
+    stats = engine.restore(backup.identifier, targets, _progress(log))
     _unlock(sessions, backup.id, backup.virtual_machine_id)
     log(f"Restore complete: {_describe(stats)}")
 

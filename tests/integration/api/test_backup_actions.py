@@ -184,3 +184,33 @@ def test_transaction_in_xml(api, vm):
     text = api.get("/transactions.xml").text
     assert '<transactions type="array">' in text and "<action>take_backup</action>" in text
     assert "<status>complete</status>" in text and "<parent_type>Backup</parent_type>" in text
+
+
+@pytest.mark.parametrize("kind", ["normal", "incremental"])
+def test_restore_of_a_damaged_backup_fails_and_leaves_the_disk_alone(api, vm, settings, kind):
+    disk, image = vm["root"]
+    path = (
+        f"/settings/disks/{disk['id']}/backups.json"
+        if kind == "normal"
+        else f"/virtual_machines/{vm['vm']['id']}/backups.json"
+    )
+    backup = api.post(path).json()["backup"]
+    wait_idle(api)
+    stored = Path(settings.storage_dir)
+    victim = (
+        next(stored.glob(f"normal/{backup['identifier']}.tar.zst"))
+        if kind == "normal"
+        else max((p for p in stored.glob("chunks/**/*") if p.is_file()), key=lambda p: p.stat().st_size)
+    )
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    victim.write_bytes(bytes(data))
+    overwrite(image, 0, b"changed since the backup")
+    before = sha256(image)
+    assert api.post(f"/backups/{backup['id']}/restore.json").status_code == 201
+    tx = _tx_of(api, backup["id"], "restore_backup")
+    assert tx["status"] == "failed"
+    log = api.get(f"/transactions/{tx['id']}.json").json()["transaction"]["log_output"]
+    assert f"backup {backup['identifier']} is damaged; the disk was not touched" in log
+    assert sha256(image) == before
+    assert api.get(f"/virtual_machines/{vm['vm']['id']}.json").json()["virtual_machine"]["locked"] is False

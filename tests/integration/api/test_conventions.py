@@ -131,3 +131,51 @@ def test_openapi_document_is_published(api):
     doc = api.client.get("/openapi.json").json()
     assert "/virtual_machines/{vm_id}/backups/images" in doc["paths"]
     assert "requestBody" in doc["paths"]["/users"]["post"]
+
+
+LISTS = [
+    ("/users", "users"),
+    ("/templates", "image_templates"),
+    ("/settings/data_stores", "data_stores"),
+    ("/settings/backup_servers", "backup_servers"),
+    ("/virtual_machines", "virtual_machines"),
+    ("/users/{alice}/virtual_machines", "virtual_machines"),
+    ("/virtual_machines/{vm}/disks", "disks"),
+    ("/settings/disks", "disks"),
+    ("/virtual_machines/{vm}/backups", "backups"),
+    ("/virtual_machines/{vm}/backups/images", "backups"),
+    ("/virtual_machines/{vm}/backups/files", "backups"),
+    ("/settings/disks/{disk}/backups", "backups"),
+    ("/virtual_machines/{vm}/disks/{disk}/backups", "backups"),
+    ("/users/{alice}/backups", "backups"),
+    ("/transactions", "transactions"),
+]
+
+
+@pytest.mark.parametrize("path,root", LISTS)
+def test_every_list_answers_in_json_and_typed_xml(app, api, world, path, root):
+    from defusedxml.ElementTree import fromstring
+
+    from tests.integration.api.helpers import make_backup
+
+    make_backup(app, disk_id=world["disk_a"]["id"])
+    url = path.format(alice=world["alice"]["id"], vm=world["vm_a"]["id"], disk=world["disk_a"]["id"])
+    as_json = api.get(url + ".json")
+    assert as_json.status_code == 200 and isinstance(as_json.json(), list)
+    item_root = root[:-1]
+    assert all(list(item) == [item_root] for item in as_json.json())
+    as_xml = api.get(url + ".xml")
+    assert as_xml.status_code == 200 and as_xml.headers["content-type"] == "application/xml; charset=utf-8"
+    doc = fromstring(as_xml.content)
+    assert doc.tag == root and doc.get("type") == "array"
+    assert len(doc) == len(as_json.json())
+    for element, item in zip(doc, as_json.json(), strict=True):
+        fields = item[item_root]
+        assert element.tag == item_root
+        for child in element:
+            value = fields[child.tag]
+            expected = {bool: "boolean", int: "integer", type(None): None, list: "array"}.get(type(value))
+            if value is None:
+                assert child.get("nil") == "true", child.tag
+            elif expected:
+                assert child.get("type") == expected, child.tag
