@@ -25,5 +25,8 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
+bench: $(STAMP)  ## vmbackup vs tar|zstd, restic and borg on a generated 2 GiB image (root: apt-get, drop_caches)
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) data build *.egg-info
