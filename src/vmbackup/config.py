@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     password_memory_kib: int = Field(default=65536, ge=19456)
     password_time_cost: int = Field(default=3, ge=2)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How often the scheduler looks for due auto-backups.
+    scheduler_seconds: float = Field(default=15.0, ge=0.1, le=3600)
+    # Allow schedules with period "minutes": for trials and tests, not for production use.
+    schedule_minutes: bool = False
+    # Periodic integrity check: re-verify each built backup this often, reading at most this fast.
+    verify_interval_hours: float = Field(default=168.0, ge=0.0)
+    verify_max_mib_per_second: float = Field(default=50.0, gt=0)
 
     @field_validator("listen")
     @classmethod

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup import __version__
 from vmbackup.api import errors
 from vmbackup.api.middleware import OnAppMiddleware
 from vmbackup.api.routes import (
+    autobackups,
+    backup_server_zones,
     backup_servers,
     backups,
     data_stores,
     disks,
+    schedules,
     templates,
     transactions,
     users,
@@ -25,13 +31,29 @@ from vmbackup.api.routes import (
 from vmbackup.config import Settings
 from vmbackup.db.migrate import upgrade
 from vmbackup.db.session import make_engine, make_session_factory
+from vmbackup.jobs.procrastinate_queue import ProcrastinateQueue, ProcrastinateRunner
+from vmbackup.jobs.queue import JobQueue
+from vmbackup.jobs.scheduler import make_scheduler
 from vmbackup.jobs.worker import Worker
 from vmbackup.services.auth import Authenticator
 from vmbackup.services.bootstrap import first_start
 
 log = logging.getLogger("vmbackup")
 
-ROUTERS = [version, users, templates, data_stores, backup_servers, virtual_machines, disks, backups, transactions]
+ROUTERS = [
+    version,
+    users,
+    templates,
+    data_stores,
+    backup_servers,
+    backup_server_zones,
+    virtual_machines,
+    disks,
+    backups,
+    transactions,
+    schedules,
+    autobackups,
+]
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -43,14 +65,20 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = app.state.worker
+        worker, scheduler = app.state.worker, app.state.scheduler
         if worker is not None:
             worker.start()
+        if scheduler is not None:
+            scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                await asyncio.to_thread(scheduler.stop)
             if worker is not None:
-                worker.stop()
+                # In a thread: both kinds wait for the transactions they run, and the procrastinate one needs
+                # this event loop free to wind down.
+                await asyncio.to_thread(worker.stop)
             engine.dispose()
 
     # Start-up order: migrate, seed, then serve. Done here (not in lifespan) so a broken database stops
@@ -83,12 +111,35 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = sessions
     app.state.auth = auth
-    # The embedded default runs transactions in this process; "external" leaves them to `vmbackup worker`.
-    app.state.worker = (
-        Worker(sessions, concurrency=settings.worker_concurrency) if settings.worker == "inprocess" else None
-    )
+    app.state.worker, app.state.queue = _delivery(settings, engine, sessions)
+    # SQLite: the embedded scheduler thread runs in every `serve`. PostgreSQL: it runs as procrastinate periodic
+    # tasks inside the workers (see jobs/procrastinate_queue.py).
+    app.state.scheduler = None if settings.is_postgres else make_scheduler(settings, sessions, app.state.queue)
     for module in ROUTERS:
         app.include_router(module.router)
     errors.install(app)
     app.add_middleware(OnAppMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def _delivery(
+    settings: Settings, engine: Engine, sessions: sessionmaker[Session]
+) -> tuple[Worker | ProcrastinateRunner | None, JobQueue | None]:
+    """(the worker this process runs or None, how queued transactions are delivered or None).
+
+    SQLite: the transactions table is the queue; "inprocess" runs the polling worker here, "external" leaves the
+    table to `vmbackup worker` processes, which poll it. PostgreSQL: transactions are deferred as procrastinate
+    jobs either way; "inprocess" also runs a procrastinate worker in this process's event loop."""
+    if not settings.is_postgres:
+        worker = Worker(sessions, concurrency=settings.worker_concurrency) if settings.worker == "inprocess" else None
+        return worker, worker
+    if settings.worker == "inprocess":
+        runner = ProcrastinateRunner(
+            settings.database_url,
+            engine,
+            sessions,
+            concurrency=settings.worker_concurrency,
+            scheduler=make_scheduler(settings, sessions, None),
+        )
+        return runner, runner.queue
+    return None, ProcrastinateQueue(engine)

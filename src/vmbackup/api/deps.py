@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from vmbackup.api import formats
-from vmbackup.db.models import User
+from vmbackup.db.models import Transaction, User
 from vmbackup.db.queries import users as user_queries
 from vmbackup.errors import Unauthorized
+from vmbackup.jobs.queue import JobQueue
 from vmbackup.services.access import require_admin
 from vmbackup.services.auth import Authenticator
 
@@ -70,7 +71,7 @@ class Context:
     user: User
     fmt: str
     tz: tzinfo
-    worker: Any = None
+    queue: JobQueue | None = None
 
     def one(self, root: str, record: dict[str, Any], status: int = 200) -> Response:
         return formats.render_one(self.fmt, root, record, self.tz, status)
@@ -85,15 +86,15 @@ class Context:
     def admin(self) -> bool:
         return self.user.is_admin
 
-    def queued(self) -> None:
-        """Tell the in-process worker (if this process runs one) that a transaction is waiting."""
-        if self.worker is not None:
-            self.worker.wake()
+    def queued(self, tx: Transaction) -> None:
+        """Hand committed transaction ``tx`` to the job delivery (none: external workers poll the table)."""
+        if self.queue is not None:
+            self.queue.submit(tx)
 
 
 def get_context(request: Request, db: DbDep) -> Context:
     user = authenticate(request, db)
-    return Context(db=db, user=user, fmt=request.state.fmt, tz=_zone(user.time_zone), worker=request.app.state.worker)
+    return Context(db=db, user=user, fmt=request.state.fmt, tz=_zone(user.time_zone), queue=request.app.state.queue)
 
 
 Ctx = Annotated[Context, Depends(get_context)]

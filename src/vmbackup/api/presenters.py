@@ -8,11 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from vmbackup.db.models import (
+    AutobackupPreset,
     Backup,
     BackupServer,
+    BackupServerZone,
     DataStore,
     Disk,
     ImageTemplate,
+    Schedule,
+    ScheduleLog,
     Transaction,
     User,
     VirtualMachine,
@@ -58,6 +62,9 @@ BACKUP_FIELDS = (
 def backup(b: Backup) -> Fields:
     out = {name: getattr(b, name, None) for name in BACKUP_FIELDS}
     out["compatible"] = True
+    # Not OnApp fields (clients ignore unknown keys): what the periodic integrity check last found.
+    out["integrity"] = b.integrity
+    out["verified_at"] = b.verified_at
     return out
 
 
@@ -127,7 +134,7 @@ def backup_server(s: BackupServer) -> Fields:
         "capacity": s.capacity,
         "enabled": s.enabled,
         "storage_path": s.storage_path,
-        "backup_server_group_id": None,
+        "backup_server_group_id": s.backup_server_group_id,
         "created_at": s.created_at,
         "updated_at": s.updated_at,
     }
@@ -212,3 +219,64 @@ def transaction(t: Transaction, *, log: bool) -> Fields:
     if log:
         out["log_output"] = t.log_output
     return out
+
+
+def preset(p: AutobackupPreset) -> Fields:
+    return {
+        "id": p.id,
+        "period": p.period,
+        "duration": p.duration,
+        "rotation_period": p.rotation_period,
+        "enabled": p.enabled,
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+    }
+
+
+def schedule_log(entry: ScheduleLog) -> Fields:
+    return {
+        "id": entry.id,
+        "schedule_id": entry.schedule_id,
+        "status": entry.status,
+        "transaction_id": entry.transaction_id,
+        "log_output": entry.log_output,
+        "created_at": entry.created_at,
+        "updated_at": entry.updated_at,
+    }
+
+
+def schedule(s: Schedule) -> Fields:
+    return {
+        "id": s.id,
+        "action": s.action,
+        "target_id": s.target_id,
+        "target_type": s.target_type,
+        "duration": s.duration,
+        "period": s.period,
+        "rotation_period": s.rotation_period,
+        "start_at": s.start_at,
+        "status": s.status,
+        "failure_count": s.failure_count,
+        "params": s.params or {},
+        "user_id": s.user_id,
+        "disk_id": s.target_id if s.target_type == "Disk" else None,
+        "virtual_machine_id": s.target_id if s.target_type == "VirtualMachine" else None,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+    }
+
+
+def backup_server_zone(z: BackupServerZone) -> Fields:
+    return {
+        "id": z.id,
+        "label": z.label,
+        "identifier": z.identifier,
+        "location_group_id": z.location_group_id,
+        "closed": z.closed,
+        "server_type": z.server_type,
+        "federation_id": None,
+        "federation_enabled": False,
+        "traded": False,
+        "created_at": z.created_at,
+        "updated_at": z.updated_at,
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal
 from zoneinfo import available_timezones
 
-from pydantic import EmailStr, Field, StringConstraints, field_validator
+from pydantic import AwareDatetime, EmailStr, Field, StringConstraints, field_validator
 
 from vmbackup.api.body import InputModel
 
@@ -189,6 +189,8 @@ class BackupNote(InputModel):
             "volume_id",
             "backup_type",
             "disk_id",
+            "integrity",
+            "verified_at",
         }
     )
     note: Annotated[str, StringConstraints(max_length=10_000)] | None = None
@@ -197,3 +199,63 @@ class BackupNote(InputModel):
 class BackupConvert(InputModel):
     read_only: ClassVar[frozenset[str]] = frozenset({"id"})  # the PHP wrapper sends the backup id along
     label: Label
+
+
+Period = Literal["days", "weeks", "months", "years", "minutes"]  # "minutes" only where settings allow it
+Count = Annotated[int, Field(ge=1, le=10_000)]
+
+
+class PresetCreate(InputModel):
+    period: Literal["days", "weeks", "months", "years"]
+    duration: Count = 1
+    rotation_period: Count = 1
+    enabled: bool = True
+
+
+class PresetUpdate(InputModel):
+    period: Literal["days", "weeks", "months", "years"] | None = None
+    duration: Count | None = None
+    rotation_period: Count | None = None
+    enabled: bool | None = None
+
+
+class ScheduleCreate(InputModel):
+    action: Literal["autobackup"] = "autobackup"
+    target_id: Id
+    target_type: Literal["Disk", "VirtualMachine"] = "Disk"
+    duration: Count = 1
+    period: Period = "days"
+    rotation_period: Count = 1
+    start_at: AwareDatetime | None = None
+    status: Literal["enabled", "disabled"] = "enabled"
+
+
+class ScheduleUpdate(InputModel):
+    read_only: ClassVar[frozenset[str]] = InputModel.read_only | {
+        "action",
+        "target_id",
+        "target_type",
+        "failure_count",
+        "user_id",
+        "schedule_logs",
+        "params",
+    }
+    duration: Count | None = None
+    period: Period | None = None
+    rotation_period: Count | None = None
+    start_at: AwareDatetime | None = None
+    status: Literal["enabled", "disabled"] | None = None
+
+
+class ZoneCreate(InputModel):
+    label: Label
+    location_group_id: Id | None = None
+    closed: bool = False
+    server_type: Literal["virtual", "baremetal"] = "virtual"
+
+
+class ZoneUpdate(InputModel):
+    label: Label | None = None
+    location_group_id: Id | None = None
+    closed: bool | None = None
+    server_type: Literal["virtual", "baremetal"] | None = None

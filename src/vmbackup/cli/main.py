@@ -57,19 +57,45 @@ def migrate() -> None:
 
 @cli.command()
 def worker() -> None:
-    """Run transactions queued by `vmbackup serve` processes started with VMBACKUP_WORKER=external."""
+    """Run transactions queued by `vmbackup serve` processes started with VMBACKUP_WORKER=external.
+
+    On SQLite it polls the transactions table; on PostgreSQL it is a procrastinate worker (jobs deferred by the API,
+    one at a time per VM or backup, stalled workers' transactions failed by the periodic maintenance task)."""
     import signal
     import threading
 
     from vmbackup.db.migrate import upgrade
     from vmbackup.db.session import make_engine, make_session_factory
-    from vmbackup.jobs.worker import Worker
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    runner = Worker(make_session_factory(engine), concurrency=settings.worker_concurrency, poll_seconds=0.5)
+    sessions = make_session_factory(engine)
+    if settings.is_postgres:
+        import asyncio
+
+        from vmbackup.jobs.procrastinate_queue import ProcrastinateRunner
+        from vmbackup.jobs.scheduler import make_scheduler
+
+        pq_runner = ProcrastinateRunner(
+            settings.database_url,
+            engine,
+            sessions,
+            concurrency=settings.worker_concurrency,
+            scheduler=make_scheduler(settings, sessions, None),
+        )
+        pq_runner.recover()
+        click.echo(f"vmbackup: procrastinate worker {pq_runner.me} running {settings.worker_concurrency} at a time")
+        # procrastinate's own SIGINT/SIGTERM handlers stop it after the transactions it runs.
+        asyncio.run(pq_runner.run(install_signal_handlers=True))
+        click.echo("vmbackup: worker stopped")
+        engine.dispose()
+        return
+
+    from vmbackup.jobs.worker import Worker
+
+    runner = Worker(sessions, concurrency=settings.worker_concurrency, poll_seconds=0.5)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from vmbackup.db.models import Transaction
 from vmbackup.db.queries import transactions as q
 from vmbackup.jobs import executor
 
@@ -41,6 +42,10 @@ class Worker:
     def wake(self) -> None:
         """Look for work now (called after a transaction is queued)."""
         self._wake.set()
+
+    def submit(self, tx: Transaction) -> None:
+        """`JobQueue`: the transactions table is this worker's queue, so delivering is waking up."""
+        self.wake()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()

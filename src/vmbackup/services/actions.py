@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, User, VirtualMachine
+from vmbackup.db.queries import backups as backup_queries
 from vmbackup.errors import Conflict, Invalid
 from vmbackup.services import backups, transactions
 from vmbackup.services.backups import get_backup
@@ -14,10 +15,16 @@ from vmbackup.services.machines import get_disk, get_vm
 
 
 def _backup_server(db: Session) -> BackupServer:
-    server = db.scalars(select(BackupServer).where(BackupServer.enabled.is_(True)).order_by(BackupServer.id)).first()
-    if server is None:
+    """Placement: the enabled backup server with the most room left (capacity 0 means no limit set)."""
+    servers = db.scalars(select(BackupServer).where(BackupServer.enabled.is_(True)).order_by(BackupServer.id)).all()
+    if not servers:
         raise Conflict("Backup cannot be made at this time: no enabled backup server")
-    return server
+    used = backup_queries.kb_used_per_server(db)
+    room = {s.id: (s.capacity * 1024 * 1024 - used.get(s.id, 0)) if s.capacity else float("inf") for s in servers}
+    best = max(servers, key=lambda s: room[s.id])
+    if room[best.id] <= 0:
+        raise Conflict("Backup cannot be made at this time: every enabled backup server is full")
+    return best
 
 
 def _vm_lock(vm_id: int) -> str:
@@ -26,11 +33,20 @@ def _vm_lock(vm_id: int) -> str:
     return f"vm:{vm_id}"
 
 
-def take_normal(db: Session, actor: User, disk_id: int, note: str | None) -> tuple[Backup, Transaction]:
+def take_normal(
+    db: Session,
+    actor: User,
+    disk_id: int,
+    note: str | None,
+    *,
+    initiated: str = "manual",
+    schedule_id: int | None = None,
+) -> tuple[Backup, Transaction]:
     disk = get_disk(db, actor, disk_id)
     if not disk.image_path:
         raise Conflict("Backup cannot be made at this time: the disk has no image path")
-    backup = backups.new_normal(db, disk, _backup_server(db).id, note=note)
+    backup = backups.new_normal(db, disk, _backup_server(db).id, note=note, initiated=initiated)
+    backup.schedule_id = schedule_id
     backup.locked = True
     tx = transactions.create(
         db,
@@ -46,12 +62,15 @@ def take_normal(db: Session, actor: User, disk_id: int, note: str | None) -> tup
     return backup, tx
 
 
-def take_incremental(db: Session, actor: User, vm_id: int, note: str | None) -> tuple[Backup, Transaction]:
+def take_incremental(
+    db: Session, actor: User, vm_id: int, note: str | None, *, initiated: str = "manual", schedule_id: int | None = None
+) -> tuple[Backup, Transaction]:
     vm = get_vm(db, actor, vm_id)
     disks = [d for d in vm.disks if d.image_path]
     if not disks:
         raise Conflict("Backup cannot be made at this time: the virtual machine has no disk with an image path")
-    backup = backups.new_incremental(db, vm, _backup_server(db).id, note=note)
+    backup = backups.new_incremental(db, vm, _backup_server(db).id, note=note, initiated=initiated)
+    backup.schedule_id = schedule_id
     backup.locked = True
     tx = transactions.create(
         db,
@@ -144,8 +163,15 @@ def delete(db: Session, actor: User, backup_id: int) -> Transaction:
     backup = get_backup(db, actor, backup_id)
     if backup.locked:
         raise Conflict("Backup cannot be deleted: it is locked by another transaction")
+    tx = queue_destroy(db, backup)
+    db.commit()
+    return tx
+
+
+def queue_destroy(db: Session, backup: Backup) -> Transaction:
+    """Lock the backup and queue its deletion (users' deletes and retention both come here)."""
     backup.locked = True
-    tx = transactions.create(
+    return transactions.create(
         db,
         action="destroy_backup",
         parent_type="Backup",
@@ -154,5 +180,3 @@ def delete(db: Session, actor: User, backup_id: int) -> Transaction:
         user_id=backup.user_id,
         lock_key=f"backup:{backup.id}",
     )
-    db.commit()
-    return tx

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
+
 from sqlalchemy.orm import Session
 
-from vmbackup.db.models import Backup, Disk, User, VirtualMachine
+from vmbackup.db.models import Backup, BackupServer, Disk, User, VirtualMachine
 from vmbackup.db.queries import backups as q
-from vmbackup.errors import NotFound
-from vmbackup.services.access import find_owned
+from vmbackup.errors import Invalid, NotFound
+from vmbackup.services.access import find, find_owned, require_admin
 from vmbackup.services.machines import get_disk, get_vm
 
 KINDS = {"all": None, "images": "normal", "files": "incremental"}
@@ -103,3 +105,45 @@ def new_incremental(
     db.add(backup)
     db.flush()
     return backup
+
+
+def _number(name: str, value: str | None) -> int | None:
+    if value in (None, ""):
+        return None
+    if not value.isdigit():
+        raise Invalid(fields={name: ["must be a whole number of kB"]})
+    return int(value)
+
+
+def _day(name: str, value: str | None, end: bool) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise Invalid(fields={name: ["must be a date, YYYY-MM-DD"]}) from None
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start + timedelta(days=1) if end else start  # the end date is included
+
+
+def search(
+    db: Session,
+    actor: User,
+    server_id: int,
+    *,
+    size_from: str | None,
+    size_to: str | None,
+    start: str | None,
+    end: str | None,
+) -> list[Backup]:
+    """Backups on a backup server by stored size (kB) and creation date (end date included)."""
+    require_admin(actor)
+    find(db, BackupServer, server_id, "Backup server")
+    return q.search(
+        db,
+        server_id,
+        _number("size[from]", size_from),
+        _number("size[to]", size_to),
+        _day("period[startdate]", start, False),
+        _day("period[enddate]", end, True),
+    )

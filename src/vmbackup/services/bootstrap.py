@@ -1,4 +1,4 @@
-"""First start: the admin account and a backup server on the local storage directory."""
+"""First start: the admin account, the auto-backup presets, and a backup server on the local storage directory."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from vmbackup.db.models import BackupServer
 from vmbackup.services.auth import Authenticator
+from vmbackup.services.schedules import seed_presets
 from vmbackup.services.users import ensure_admin
 
 
@@ -17,6 +18,7 @@ def first_start(
 ) -> str | None:
     """Seed an empty database; returns the admin password when it was generated (to print once)."""
     generated = ensure_admin(db, auth, login, email, password)
+    seed_presets(db)
     if not db.scalar(select(func.count()).select_from(BackupServer)):
         storage_dir.mkdir(parents=True, exist_ok=True)
         db.add(BackupServer(label="Local storage", ip_address="127.0.0.1", storage_path=str(storage_dir)))

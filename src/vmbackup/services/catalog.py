@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from vmbackup.db.base import Base
-from vmbackup.db.models import BackupServer, DataStore, ImageTemplate, User
+from vmbackup.db.models import AutobackupPreset, BackupServer, BackupServerZone, DataStore, ImageTemplate, User
 from vmbackup.db.queries import common, inventory
 from vmbackup.errors import Conflict, Invalid
 from vmbackup.services.access import apply, find, require_admin
@@ -60,6 +60,8 @@ def delete(db: Session, actor: User, model: type[T], id_: int) -> None:
         DataStore: lambda: inventory.disks_on_data_store(db, id_) and "it has disks",
         BackupServer: lambda: inventory.backups_on_server(db, id_) and "it holds backups",
         ImageTemplate: lambda: inventory.vms_of_template(db, id_) and "virtual machines use it",
+        BackupServerZone: lambda: inventory.servers_in_zone(db, id_) and "backup servers are attached to it",
+        AutobackupPreset: lambda: None,
     }[model]()
     if in_use:
         raise Conflict(f"{LABELS[model]} cannot be deleted: {in_use}")
@@ -75,3 +77,19 @@ def _check_storage_path(path: str) -> None:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Invalid(fields={"storage_path": [f"cannot be created: {exc.strerror}"]}) from None
+
+
+def zone_servers(db: Session, actor: User, zone_id: int) -> list[BackupServer]:
+    get(db, actor, BackupServerZone, zone_id)
+    return inventory.servers_of_zone(db, zone_id)
+
+
+def attach(db: Session, actor: User, zone_id: int, server_id: int, attached: bool) -> BackupServer:
+    get(db, actor, BackupServerZone, zone_id)
+    server = get(db, actor, BackupServer, server_id)
+    if attached:
+        server.backup_server_group_id = zone_id
+    elif server.backup_server_group_id == zone_id:
+        server.backup_server_group_id = None
+    db.commit()
+    return server

@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, datetime, timedelta, tzinfo
 
-PERIODS = ("days", "weeks", "months", "years")
+PERIODS = ("days", "weeks", "months", "years", "minutes")  # minutes: trials and tests only
 
 
 def _add_months(local: datetime, months: int) -> datetime:
@@ -27,6 +27,8 @@ def occurrence(anchor: datetime, tz: tzinfo, period: str, duration: int, k: int)
         raise ValueError(f"unknown period {period!r}")
     local = anchor.astimezone(tz).replace(tzinfo=None)  # wall-clock time in the owner's zone
     step = k * duration
+    if period == "minutes":
+        return (anchor + timedelta(minutes=step)).astimezone(UTC)
     if period == "days":
         wall = local + timedelta(days=step)
     elif period == "weeks":
@@ -39,7 +41,7 @@ def occurrence(anchor: datetime, tz: tzinfo, period: str, duration: int, k: int)
 
 
 def _approx_index(anchor: datetime, period: str, duration: int, after: datetime) -> int:
-    seconds = {"days": 86400, "weeks": 7 * 86400, "months": 28 * 86400, "years": 365 * 86400}[period]
+    seconds = {"minutes": 60, "days": 86400, "weeks": 7 * 86400, "months": 28 * 86400, "years": 365 * 86400}[period]
     return max(0, int((after - anchor).total_seconds() // (seconds * duration)) - 2)
 
 

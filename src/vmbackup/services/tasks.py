@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, VirtualMachine
 from vmbackup.engine import Engine, Stats
 from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing
+from vmbackup.services import autobackups
 from vmbackup.storage.local import LocalStorage
 
 Log = Callable[[str], None]
@@ -103,6 +104,7 @@ def take_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     stats = engine_for(server).take_normal(backup.identifier, path, _progress(log))
     _mark_built(sessions, backup.id, stats)
     log(f"Backup built: {_describe(stats)}")
+    _rotate(sessions, backup.id, tx, log)
 
 
 def take_incremental_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
@@ -116,6 +118,13 @@ def take_incremental_backup(sessions: Sessions, tx: Transaction, log: Log) -> No
     stats = engine_for(server).take_incremental(backup.identifier, disks, _progress(log))
     _mark_built(sessions, backup.id, stats)
     log(f"Backup built: {_describe(stats)}")
+    _rotate(sessions, backup.id, tx, log)
+
+
+def _rotate(sessions: Sessions, backup_id: int, tx: Transaction, log: Log) -> None:
+    rotated = autobackups.after_backup(sessions, backup_id, True, tx.id)
+    if rotated:
+        log(f"Retention: queued deletion of {len(rotated)} older auto-backup(s) (transactions {rotated})")
 
 
 def _restore_targets(db: Session, backup: Backup, log: Log) -> dict[str, str] | str:
@@ -213,6 +222,8 @@ def fail(sessions: Sessions, tx: Transaction) -> None:
     removed. Stored data needs no undo: the engine writes atomically and ``Engine.recover`` clears leftovers."""
     vm_id = tx.associated_object_id if tx.action == "restore_backup" else None
     _unlock(sessions, tx.parent_id, vm_id)
+    if tx.action in ("take_backup", "take_incremental_backup"):
+        autobackups.after_backup(sessions, tx.parent_id, False, tx.id)
     if tx.action == "convert_backup":
         with sessions() as db:
             template = db.get(ImageTemplate, tx.params.get("template_id"))

@@ -1,11 +1,30 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from vmbackup.api import presenters
+from vmbackup.api.deps import AdminCtx
 from vmbackup.api.routes._crud import add_crud_routes
 from vmbackup.api.schemas import BackupServerCreate, BackupServerUpdate
 from vmbackup.db.models import BackupServer
+from vmbackup.services import backups
 
 router = APIRouter(prefix="/settings/backup_servers", tags=["backup servers"])
 add_crud_routes(router, "backup_server", BackupServer, presenters.backup_server, BackupServerCreate, BackupServerUpdate)
+
+
+@router.get("/{server_id}/backups_search")
+def backups_search(server_id: int, request: Request, ctx: AdminCtx) -> Response:
+    """Rails-style nested query: ``size[from]``, ``size[to]`` (kB), ``period[startdate]``, ``period[enddate]``."""
+    params = request.query_params
+    found = backups.search(
+        ctx.db,
+        ctx.user,
+        server_id,
+        size_from=params.get("size[from]"),
+        size_to=params.get("size[to]"),
+        start=params.get("period[startdate]"),
+        end=params.get("period[enddate]"),
+    )
+    return ctx.many("backup", map(presenters.backup, found))

@@ -81,34 +81,32 @@ NoteDep = Annotated[str | None, Depends(note_of)]
 
 @router.post("/settings/disks/{disk_id}/backups", status_code=201)
 def take_normal_backup(disk_id: int, ctx: Ctx, note: NoteDep) -> Response:
-    backup, _ = actions.take_normal(ctx.db, ctx.user, disk_id, note)
-    ctx.queued()
+    backup, tx = actions.take_normal(ctx.db, ctx.user, disk_id, note)
+    ctx.queued(tx)
     return ctx.one(ROOT, presenters.backup(backup), 201)
 
 
 @router.post("/virtual_machines/{vm_id}/backups", status_code=201)
 def take_incremental_backup(vm_id: int, ctx: Ctx, note: NoteDep) -> Response:
-    backup, _ = actions.take_incremental(ctx.db, ctx.user, vm_id, note)
-    ctx.queued()
+    backup, tx = actions.take_incremental(ctx.db, ctx.user, vm_id, note)
+    ctx.queued(tx)
     return ctx.one(ROOT, presenters.backup(backup), 201)
 
 
 @router.post("/backups/{backup_id}/restore", status_code=201)
 def restore_backup(backup_id: int, ctx: Ctx) -> Response:
-    actions.restore(ctx.db, ctx.user, backup_id)  # any body is ignored: clients send stale ones
-    ctx.queued()
+    ctx.queued(actions.restore(ctx.db, ctx.user, backup_id))  # any body is ignored: clients send stale ones
     return ctx.one(ROOT, presenters.backup(backups.get_backup(ctx.db, ctx.user, backup_id)), 201)
 
 
 @router.post("/backups/{backup_id}/convert", status_code=201, openapi_extra=openapi_body(ROOT, BackupConvert))
 def convert_backup(backup_id: int, ctx: Ctx, data: Annotated[BackupConvert, body(ROOT, BackupConvert)]) -> Response:
-    template, _ = actions.convert(ctx.db, ctx.user, backup_id, data.label)
-    ctx.queued()
+    template, tx = actions.convert(ctx.db, ctx.user, backup_id, data.label)
+    ctx.queued(tx)
     return ctx.one("image_template", presenters.template(template), 201)
 
 
 @router.delete("/backups/{backup_id}", status_code=204)
 def delete_backup(backup_id: int, ctx: Ctx) -> Response:
-    actions.delete(ctx.db, ctx.user, backup_id)
-    ctx.queued()
+    ctx.queued(actions.delete(ctx.db, ctx.user, backup_id))
     return formats.no_content()

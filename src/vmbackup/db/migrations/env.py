@@ -24,12 +24,18 @@ def run() -> None:
         _migrate(conn)
 
 
+def _ours(name: str | None, type_: str, parent_names: object) -> bool:
+    """Leave procrastinate's tables (revision 0002, PostgreSQL only) out of autogenerate: they are not our models."""
+    return not (type_ == "table" and (name or "").startswith("procrastinate_"))
+
+
 def _migrate(connection: object) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=True,  # SQLite can only ALTER through table copies
         compare_type=True,
+        include_name=_ours,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -50,3 +50,9 @@ class Backup(Timestamps, Base):
     allow_resize_without_reboot: Mapped[bool] = mapped_column(Boolean, default=False)
     # Engine-side facts, not part of the OnApp shape.
     logical_size: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes of the disk(s) backed up
+    # The auto-backup schedule that made it (None: manual); retention only ever rotates these.
+    schedule_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # Periodic integrity check: when last verified, and what it found (None: never checked).
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    integrity: Mapped[str | None] = mapped_column(String(16))  # ok | damaged
+    integrity_log: Mapped[str | None] = mapped_column(Text)

@@ -43,6 +43,19 @@ class DataStore(Timestamps, Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
+class BackupServerZone(Timestamps, Base):
+    """A group of backup servers (OnApp's root key: ``backup_server_group``)."""
+
+    __tablename__ = "backup_server_zones"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(14), default=new_identifier)
+    label: Mapped[str] = mapped_column(String(255))
+    location_group_id: Mapped[int | None] = mapped_column(Integer)
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    server_type: Mapped[str] = mapped_column(String(32), default="virtual")
+
+
 class BackupServer(Timestamps, Base):
     __tablename__ = "backup_servers"
 
@@ -54,6 +67,9 @@ class BackupServer(Timestamps, Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     # Where this server's bytes live: a local (or mounted) directory for now.
     storage_path: Mapped[str] = mapped_column(String(1024))
+    backup_server_group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("backup_server_zones.id", ondelete="SET NULL"), index=True
+    )
 
 
 class VirtualMachine(Timestamps, Base):

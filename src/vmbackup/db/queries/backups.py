@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Backup
@@ -19,3 +21,30 @@ def for_disk(db: Session, disk_id: int) -> list[Backup]:
 
 def for_user(db: Session, user_id: int) -> list[Backup]:
     return list(db.scalars(select(Backup).where(Backup.user_id == user_id).order_by(Backup.id)))
+
+
+def kb_used_per_server(db: Session) -> dict[int, int]:
+    q = select(Backup.backup_server_id, func.coalesce(func.sum(Backup.backup_size), 0)).group_by(
+        Backup.backup_server_id
+    )
+    return {server_id: int(total) for server_id, total in db.execute(q) if server_id is not None}
+
+
+def search(
+    db: Session,
+    server_id: int,
+    size_from: int | None,
+    size_to: int | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[Backup]:
+    q = select(Backup).where(Backup.backup_server_id == server_id)
+    if size_from is not None:
+        q = q.where(Backup.backup_size >= size_from)
+    if size_to is not None:
+        q = q.where(Backup.backup_size <= size_to)
+    if start is not None:
+        q = q.where(Backup.created_at >= start)
+    if end is not None:
+        q = q.where(Backup.created_at < end)
+    return list(db.scalars(q.order_by(Backup.id)))

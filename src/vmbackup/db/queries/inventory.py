@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vmbackup.db.models import Backup, Disk, VirtualMachine
+from vmbackup.db.models import Backup, BackupServer, Disk, VirtualMachine
 
 
 def vms(db: Session, owner_id: int | None) -> list[VirtualMachine]:
@@ -40,3 +40,12 @@ def vms_of_user(db: Session, user_id: int) -> int:
 
 def vms_of_template(db: Session, template_id: int) -> int:
     return count_where(db, VirtualMachine.template_id, template_id)
+
+
+def servers_in_zone(db: Session, zone_id: int) -> int:
+    return count_where(db, BackupServer.backup_server_group_id, zone_id)
+
+
+def servers_of_zone(db: Session, zone_id: int) -> list[BackupServer]:
+    q = select(BackupServer).where(BackupServer.backup_server_group_id == zone_id).order_by(BackupServer.id)
+    return list(db.scalars(q))

@@ -1,0 +1,356 @@
+"""Job delivery on PostgreSQL through procrastinate: the queue only says "run transaction N".
+
+The transaction row stays the single record of what happened (`executor.execute` claims it, heartbeats it and
+records the outcome); procrastinate adds delivery to any number of worker processes, one job at a time per lock
+key (``lock=tx.lock_key``, e.g. ``vm:7``), no duplicate waiting job per transaction (``queueing_lock``), worker
+heartbeats, and a periodic maintenance task. Two sides:
+
+- `ProcrastinateQueue` (API processes, and the maintenance task): defers jobs synchronously through our own
+  SQLAlchemy engine's connections, so an API process opens no second pool and needs no event loop.
+- `ProcrastinateRunner` (``vmbackup serve`` with ``VMBACKUP_WORKER=inprocess``, and ``vmbackup worker``): runs a
+  procrastinate worker (async, its own psycopg pool) whose tasks call `executor.execute`.
+
+What a crash leaves behind, and who cleans it (`maintain`, every `MAINTENANCE_CRON`, in one worker at a time):
+
+- a transaction ``running`` under a dead worker: `executor.recover` marks it failed with the reason in its log;
+- that worker's procrastinate job, stuck in ``doing`` and holding the VM's lock: finished as failed once its
+  transaction is no longer running (re-delivered instead if the transaction was never claimed);
+- a transaction ``pending`` with no waiting or running job (queued outside the API, crash between commit and
+  defer, a failed defer, a job that gave up): deferred by `deliver_orphans`, which every worker also runs each
+  `PICKUP_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from procrastinate import App, PsycopgConnector, RetryStrategy, SyncPsycopgConnector
+from procrastinate import exceptions as pq_exceptions
+from procrastinate.jobs import Status
+from procrastinate.worker import Worker as ProcrastinateWorker
+from sqlalchemy import Engine, make_url, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from vmbackup.db.models import Transaction
+from vmbackup.jobs import executor
+from vmbackup.jobs.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+TASK = "vmbackup.run_transaction"
+MAINTENANCE = "vmbackup.maintenance"
+AUTOBACKUPS = "vmbackup.autobackups"
+INTEGRITY = "vmbackup.integrity"
+# Every 30 s (the 6th cron field is seconds): with STALL_SECONDS = 60 a killed worker's transaction is failed
+# within about 90 s; the task itself is a few indexed queries.
+MAINTENANCE_CRON = "* * * * * */30"
+# procrastinate's own defaults, named here because `maintain` relies on them: a worker beats every 10 s and is
+# stalled (its ``doing`` jobs orphaned) after 30 s of silence.
+WORKER_HEARTBEAT_SECONDS = 10.0
+STALLED_WORKER_SECONDS = 30.0
+# How often each worker defers pending transactions that have no job. The API defers what it queues at once; this
+# delivers what is queued elsewhere (the auto-backup scheduler, retention inside a running backup, scripts) and
+# what a crash or a failed defer lost. Duplicates are harmless: a job whose transaction is no longer pending does
+# nothing, and the queueing lock refuses a second waiting one.
+PICKUP_SECONDS = 1.0
+# procrastinate notifies new jobs but not released locks: a job waiting behind another with its lock key is fetched
+# at the next poll. One indexed query a second per worker, like the polling worker.
+FETCH_POLL_SECONDS = 1.0
+# Supervision of the in-process worker: restart after this pause if it stops on a database error.
+RESTART_SECONDS = 5.0
+
+Sessions = sessionmaker[Session]
+
+
+class NotClaimed(Exception):
+    """The transaction is still pending but could not be claimed (its lock key is busy): try again shortly."""
+
+
+# procrastinate's lock already keeps one job per lock key; this covers a running transaction it does not know
+# (e.g. one still being recovered). After the last attempt the job fails and `maintain` defers it again.
+RETRY_NOT_CLAIMED = RetryStrategy(max_attempts=60, wait=5, retry_exceptions={NotClaimed})
+
+
+def conninfo(database_url: str) -> str:
+    """libpq connection string for a SQLAlchemy URL (``postgresql+psycopg://u:p@h/db`` -> ``postgresql://...``)."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def queueing_lock(tx_id: int, identifier: str) -> str:
+    # The identifier makes it unique for the life of the database: ids restart after a restore or a truncate, and a
+    # job left from before must neither block nor run the new transaction with the same id.
+    return f"tx:{tx_id}:{identifier}"
+
+
+class _EnginePool:
+    """Just enough of psycopg_pool's interface for `SyncPsycopgConnector`: connections borrowed from our engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        raw = self.engine.raw_connection()
+        try:
+            conn = raw.driver_connection
+            assert conn is not None
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            raw.close()  # back to the engine's pool
+
+
+class ProcrastinateQueue:
+    """`JobQueue` on PostgreSQL: ``submit`` defers "run transaction N" with the transaction's lock key."""
+
+    def __init__(self, engine: Engine) -> None:
+        connector = SyncPsycopgConnector()
+        connector.open(_EnginePool(engine))  # type: ignore[arg-type]  # duck-typed pool; closed with the engine
+        self.app = App(connector=connector)
+
+    def submit(self, tx: Transaction) -> None:
+        self.defer(tx.id, tx.identifier, tx.lock_key)
+
+    def defer(self, tx_id: int, identifier: str, lock_key: str) -> int | None:
+        """The job's id, or None when one is already waiting for this transaction or the defer failed."""
+        task = self.app.configure_task(TASK, lock=lock_key or None, queueing_lock=queueing_lock(tx_id, identifier))
+        try:
+            return task.defer(transaction_id=tx_id, identifier=identifier)
+        except pq_exceptions.AlreadyEnqueued:
+            return None
+        except pq_exceptions.ConnectorException:
+            # The transaction is committed and stays pending: a worker's `deliver_orphans` defers it again.
+            log.warning("deferring transaction %s failed; a worker will pick it up", tx_id, exc_info=True)
+            return None
+
+
+def _tx_status(sessions: Sessions, kwargs: dict[str, Any]) -> str | None:
+    """Status of the transaction a job is about, or None if it no longer exists (or is another one by now)."""
+    wanted = kwargs.get("identifier")
+    with sessions() as db:
+        tx = db.get(Transaction, kwargs.get("transaction_id"))
+        if tx is None or (wanted is not None and tx.identifier != wanted):
+            return None
+        return tx.status
+
+
+# Pending transactions with no job waiting or running for them. Reads procrastinate's table: the only query of
+# ours that does, kept here with the rest of the queue.
+_ORPHANS = text(
+    """
+    SELECT t.id, t.identifier, t.lock_key FROM transactions t
+     WHERE t.status = 'pending'
+       AND NOT EXISTS (
+           SELECT 1 FROM procrastinate_jobs j
+            WHERE j.task_name = :task AND j.status IN ('todo', 'doing')
+              AND j.args->>'transaction_id' = t.id::text AND j.args->>'identifier' = t.identifier)
+     ORDER BY t.priority, t.id
+     LIMIT 500
+    """
+)
+
+
+def deliver_orphans(sessions: Sessions, queue: ProcrastinateQueue) -> list[int]:
+    """Defer every pending transaction that has no job; returns their ids."""
+    with sessions() as db:
+        orphans = db.execute(_ORPHANS, {"task": TASK}).all()
+    return [tx_id for tx_id, identifier, lock_key in orphans if queue.defer(tx_id, identifier, lock_key) is not None]
+
+
+async def maintain(app: App, sessions: Sessions, queue: ProcrastinateQueue) -> dict[str, list[int]]:
+    """Leave no transaction running for a dead worker, no job stuck on one, no pending transaction without a job.
+
+    Returns what it did: recovered transaction ids, finished and re-delivered job ids, re-deferred transaction ids."""
+    done: dict[str, list[int]] = {"recovered": [], "finished_jobs": [], "retried_jobs": [], "redeferred": []}
+    done["recovered"] = await asyncio.to_thread(executor.recover, sessions)
+    manager = app.job_manager
+    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_WORKER_SECONDS):
+        assert job.id is not None
+        status = await asyncio.to_thread(_tx_status, sessions, job.task_kwargs) if job.task_name == TASK else None
+        if status == "running":
+            continue  # our heartbeat is the judge: `executor.recover` fails it once it is stale, next round
+        if status == "pending":  # the worker died before claiming it: deliver it again
+            await manager.retry_job(job)
+            done["retried_jobs"].append(job.id)
+        else:  # finished, recovered above, or not ours: release the job and its lock
+            await manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
+            done["finished_jobs"].append(job.id)
+    done["redeferred"] = await asyncio.to_thread(deliver_orphans, sessions, queue)
+    if any(done.values()):
+        log.warning("job maintenance: %s", done)
+    return done
+
+
+def build_app(
+    database_url: str,
+    sessions: Sessions,
+    queue: ProcrastinateQueue,
+    *,
+    max_pool: int = 4,
+    scheduler: Scheduler | None = None,
+) -> App:
+    """The worker-side app: an async psycopg pool of its own and its tasks, bound to ``sessions``."""
+    app = App(connector=PsycopgConnector(conninfo=conninfo(database_url), min_size=1, max_size=max_pool))
+    if scheduler is not None:
+        _add_scheduling(app, scheduler)
+
+    @app.task(name=TASK, retry=RETRY_NOT_CLAIMED)
+    def run_transaction(transaction_id: int, identifier: str | None = None) -> str | None:
+        status = _tx_status(sessions, {"transaction_id": transaction_id, "identifier": identifier})
+        if status != "pending":
+            return status  # already run, cancelled, or a job from a former life of the database: nothing to do
+        result = executor.execute(sessions, transaction_id)
+        if result is None and _tx_status(sessions, {"transaction_id": transaction_id}) == "pending":
+            raise NotClaimed(f"transaction {transaction_id} could not be claimed yet")
+        return result
+
+    # queueing_lock: if every worker is busy, ticks do not pile up behind one another. No `lock`: a maintenance job
+    # orphaned by a killed worker must not block the next one, which finishes it.
+    @app.periodic(cron=MAINTENANCE_CRON)
+    @app.task(name=MAINTENANCE, queueing_lock=MAINTENANCE)
+    async def maintenance(timestamp: int) -> dict[str, list[int]]:
+        return await maintain(app, sessions, queue)
+
+    return app
+
+
+def _add_scheduling(app: App, scheduler: Scheduler) -> None:
+    """On PostgreSQL the auto-backup scheduler and the integrity checks are procrastinate periodic tasks: each tick
+    is deferred once per timestamp whatever the number of workers, and the schedules' compare-and-set makes a run
+    fire once even if two ticks overlap."""
+    every = max(1, min(59, int(scheduler.every)))
+
+    @app.periodic(cron=f"* * * * * */{every}")
+    @app.task(name=AUTOBACKUPS, queueing_lock=AUTOBACKUPS)
+    def autobackup_tick(timestamp: int) -> None:
+        scheduler.fire_due()
+
+    # A lock as well: one integrity check at a time across all workers keeps the I/O bound global.
+    @app.periodic(cron="* * * * *")
+    @app.task(name=INTEGRITY, queueing_lock=INTEGRITY, lock=INTEGRITY)
+    def integrity_check(timestamp: int) -> None:
+        scheduler.check_one()
+
+
+class ProcrastinateRunner:
+    """A procrastinate worker: ``run()`` in the foreground, or ``start()``/``stop()`` inside a running event loop
+    (the API's lifespan). Jobs are synchronous and run in threads, ``concurrency`` at a time.
+
+    Stopping never cancels the worker's task: a cancel that lands while the pool is still connecting is swallowed
+    by psycopg_pool, which then retries forever. Instead the procrastinate worker is asked to stop, which it does
+    after the transactions it runs have finished."""
+
+    def __init__(
+        self,
+        database_url: str,
+        engine: Engine,
+        sessions: Sessions,
+        *,
+        concurrency: int = 2,
+        scheduler: Scheduler | None = None,
+        **worker_options: Any,
+    ) -> None:
+        self.sessions = sessions
+        self.concurrency = concurrency
+        self.queue = ProcrastinateQueue(engine)
+        self.app = build_app(database_url, sessions, self.queue, max_pool=concurrency + 3, scheduler=scheduler)
+        self.me = executor.worker_id()
+        self.worker_options = worker_options
+        self._worker: ProcrastinateWorker | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def recover(self) -> None:
+        """Before taking jobs: fail what a killed worker left running and clear its temporary files. Synchronous, so
+        that no recovery thread outlives a worker stopped right after its start (and the engine it uses)."""
+        executor.recover(self.sessions, clean_storage=True)
+
+    async def run(self, *, wait: bool = True, install_signal_handlers: bool = False) -> None:
+        """Take jobs until stopped (or, with ``wait=False``, until none can start)."""
+        options: dict[str, Any] = {
+            "name": self.me,
+            "concurrency": self.concurrency,
+            "wait": wait,
+            "install_signal_handlers": install_signal_handlers,
+            # The transaction row keeps the history; a succeeded job says nothing more.
+            "delete_jobs": "successful",
+            "update_heartbeat_interval": WORKER_HEARTBEAT_SECONDS,
+            "stalled_worker_timeout": STALLED_WORKER_SECONDS,
+            "fetch_job_polling_interval": FETCH_POLL_SECONDS,
+            # Running transactions are finished, not abandoned: a stop waits for them.
+            "shutdown_graceful_timeout": None,
+            **self.worker_options,
+        }
+        async with self.app.open_async():
+            self._worker = ProcrastinateWorker(app=self.app, **options)
+            done = asyncio.Event()
+            pickup = asyncio.create_task(self._pickup(done), name="vmbackup-pickup")
+            try:
+                if not self._stopping:
+                    await self._worker.run()
+            finally:
+                done.set()
+                await pickup  # not cancelled: its thread would outlive the engine it uses
+                self._worker = None
+
+    async def _pickup(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            try:
+                if ids := await asyncio.to_thread(deliver_orphans, self.sessions, self.queue):
+                    log.info("deferred pending transactions %s", ids)
+            except Exception:  # the database may be restarting: next round
+                log.warning("delivering pending transactions failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), PICKUP_SECONDS)
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            try:
+                await self.run()
+            except Exception:
+                log.exception("procrastinate worker failed")
+            if not self._stopping:
+                log.error("procrastinate worker stopped; restarting in %ss", RESTART_SECONDS)
+                for _ in range(int(RESTART_SECONDS * 10)):
+                    if self._stopping:
+                        break
+                    await asyncio.sleep(0.1)
+
+    def start(self) -> None:
+        """Recover, then run the worker as a task of the current event loop (call from async code: a lifespan)."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self.recover()
+        self._task = self._loop.create_task(self._supervise(), name="vmbackup-procrastinate-worker")
+
+    async def aclose(self) -> None:
+        """Stop from the worker's own event loop; returns once the running transactions have finished."""
+        self._stopping = True
+        task = self._task
+        while task is not None and not task.done():
+            if self._worker is not None:
+                # Repeated: a stop asked before the worker's run() began is reset by it.
+                self._worker.stop()
+            await asyncio.wait([task], timeout=0.1)
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Stop from another thread (tests, the lifespan's helper thread); blocks like `aclose`."""
+        loop = self._loop
+        if self._task is None or loop is None or self._task.done():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("ProcrastinateRunner.stop() would block its own event loop; use `await aclose()`")
+        asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(timeout)
