@@ -221,7 +221,7 @@ class PresetUpdate(InputModel):
 
 class ScheduleCreate(InputModel):
     action: Literal["autobackup"] = "autobackup"
-    target_id: Id
+    target_id: Id | None = None  # taken from the path on the disk- and VM-scoped paths
     target_type: Literal["Disk", "VirtualMachine"] = "Disk"
     duration: Count = 1
     period: Period = "days"

@@ -1,4 +1,4 @@
-"""Admin-managed settings objects: image templates, data stores and backup servers."""
+"""Admin-managed settings objects: image templates, data stores, backup servers and zones, auto-backup presets."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ LABELS: dict[type[Base], str] = {
     ImageTemplate: "Template",
     DataStore: "Data store",
     BackupServer: "Backup server",
+    BackupServerZone: "Backup server zone",
+    AutobackupPreset: "Autobackup preset",
 }
 
 

@@ -98,6 +98,8 @@ def _check(period: str | None, allowed_periods: tuple[str, ...]) -> None:
 
 
 def create_schedule(db: Session, actor: User, data: dict[str, Any], allowed_periods: tuple[str, ...]) -> Schedule:
+    if data.get("target_id") is None:
+        raise Invalid(fields={"target_id": ["can't be blank"]})
     owner = target_owner(db, actor, data["target_type"], data["target_id"])
     _check(data.get("period"), allowed_periods)
     start = data.pop("start_at", None) or _now()
