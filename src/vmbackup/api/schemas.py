@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import available_timezones
 
 from pydantic import AwareDatetime, EmailStr, Field, StringConstraints, field_validator
 
 from vmbackup.api.body import InputModel
+from vmbackup.api.presenters import BACKUP_FIELDS
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Name = Annotated[str, StringConstraints(max_length=255)]
@@ -16,6 +17,12 @@ Size = Annotated[int, Field(ge=0, le=2**40)]
 Path = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=255)]
 Login = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.@+-]+$")]
+
+
+def unchanged() -> Any:
+    """Default of an update attribute whose column cannot be null: absent keeps the stored value, while an explicit
+    null is refused by the attribute's type (422 naming it) instead of reaching the database's NOT NULL (a 500)."""
+    return Field(default=None)
 
 
 class _TimeZone(InputModel):
@@ -39,13 +46,13 @@ class UserCreate(_TimeZone):
 
 class UserUpdate(_TimeZone):
     read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"status", "roles", "locale", "api_key_set"}
-    login: Login | None = None
-    email: EmailStr | None = None
-    password: Password | None = None
+    login: Login = unchanged()
+    email: EmailStr = unchanged()
+    password: Password = unchanged()
     first_name: Name | None = None
     last_name: Name | None = None
-    role: Literal["user", "admin"] | None = None
-    time_zone: str | None = None
+    role: Literal["user", "admin"] = unchanged()
+    time_zone: str = unchanged()
 
 
 class TemplateCreate(InputModel):
@@ -69,9 +76,9 @@ class DataStoreCreate(InputModel):
 
 
 class DataStoreUpdate(InputModel):
-    label: Label | None = None
-    data_store_type: Literal["lvm", "vmware", "solidfire", "is", "nfs", "local"] | None = None
-    enabled: bool | None = None
+    label: Label = unchanged()
+    data_store_type: Literal["lvm", "vmware", "solidfire", "is", "nfs", "local"] = unchanged()
+    enabled: bool = unchanged()
 
 
 class BackupServerCreate(InputModel):
@@ -85,12 +92,12 @@ class BackupServerCreate(InputModel):
 
 class BackupServerUpdate(InputModel):
     read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"backup_server_group_id"}
-    label: Label | None = None
+    label: Label = unchanged()
     ip_address: Name | None = None
     backup_ip_address: Name | None = None
-    capacity: Size | None = None
-    enabled: bool | None = None
-    storage_path: Path | None = None
+    capacity: Size = unchanged()
+    enabled: bool = unchanged()
+    storage_path: Path = unchanged()
 
 
 class VirtualMachineCreate(InputModel):
@@ -117,12 +124,12 @@ class VirtualMachineUpdate(InputModel):
         "allow_resize_without_reboot",
         "support_incremental_backups",
     }
-    label: Label | None = None
+    label: Label = unchanged()
     hostname: Name | None = None
-    user_id: Id | None = None
-    memory: Annotated[int, Field(ge=1, le=2**24)] | None = None
-    cpus: Annotated[int, Field(ge=1, le=1024)] | None = None
-    booted: bool | None = None
+    user_id: Id = unchanged()
+    memory: Annotated[int, Field(ge=1, le=2**24)] = unchanged()
+    cpus: Annotated[int, Field(ge=1, le=1024)] = unchanged()
+    booted: bool = unchanged()
 
 
 class DiskCreate(InputModel):
@@ -145,11 +152,11 @@ class DiskUpdate(InputModel):
         "iqn",
         "volume_id",
     }
-    label: Label | None = None
-    disk_size: Annotated[int, Field(ge=1, le=2**20)] | None = None
-    primary: bool | None = None
-    is_swap: bool | None = None
-    data_store_id: Id | None = None
+    label: Label = unchanged()
+    disk_size: Annotated[int, Field(ge=1, le=2**20)] = unchanged()
+    primary: bool = unchanged()
+    is_swap: bool = unchanged()
+    data_store_id: Id = unchanged()
     image_path: Path | None = None
     mount_point: Name | None = None
     file_system: Name | None = None
@@ -158,41 +165,8 @@ class DiskUpdate(InputModel):
 class BackupNote(InputModel):
     """Editing a backup: only the note is the user's; everything else a client echoes back is ignored."""
 
-    read_only: ClassVar[frozenset[str]] = frozenset(
-        {
-            "id",
-            "identifier",
-            "created_at",
-            "updated_at",
-            "allow_resize_without_reboot",
-            "allowed_hot_migrate",
-            "allowed_swap",
-            "backup_server_id",
-            "backup_size",
-            "built",
-            "built_at",
-            "compatible",
-            "data_store_type",
-            "image_type",
-            "initiated",
-            "iqn",
-            "locked",
-            "marked_for_delete",
-            "min_disk_size",
-            "min_memory_size",
-            "operating_system",
-            "operating_system_distro",
-            "target_id",
-            "target_type",
-            "template_id",
-            "user_id",
-            "volume_id",
-            "backup_type",
-            "disk_id",
-            "integrity",
-            "verified_at",
-        }
-    )
+    # Every field a backup is shown with, except the note (the PHP wrapper echoes them all back on save()).
+    read_only: ClassVar[frozenset[str]] = (frozenset(BACKUP_FIELDS) | {"integrity", "verified_at"}) - {"note"}
     note: Annotated[str, StringConstraints(max_length=10_000)] | None = None
 
 
@@ -213,10 +187,10 @@ class PresetCreate(InputModel):
 
 
 class PresetUpdate(InputModel):
-    period: Literal["days", "weeks", "months", "years"] | None = None
-    duration: Count | None = None
-    rotation_period: Count | None = None
-    enabled: bool | None = None
+    period: Literal["days", "weeks", "months", "years"] = unchanged()
+    duration: Count = unchanged()
+    rotation_period: Count = unchanged()
+    enabled: bool = unchanged()
 
 
 class ScheduleCreate(InputModel):
@@ -240,11 +214,11 @@ class ScheduleUpdate(InputModel):
         "schedule_logs",
         "params",
     }
-    duration: Count | None = None
-    period: Period | None = None
-    rotation_period: Count | None = None
-    start_at: AwareDatetime | None = None
-    status: Literal["enabled", "disabled"] | None = None
+    duration: Count = unchanged()
+    period: Period = unchanged()
+    rotation_period: Count = unchanged()
+    start_at: AwareDatetime = unchanged()
+    status: Literal["enabled", "disabled"] = unchanged()
 
 
 class ZoneCreate(InputModel):
@@ -255,7 +229,7 @@ class ZoneCreate(InputModel):
 
 
 class ZoneUpdate(InputModel):
-    label: Label | None = None
+    label: Label = unchanged()
     location_group_id: Id | None = None
-    closed: bool | None = None
-    server_type: Literal["virtual", "baremetal"] | None = None
+    closed: bool = unchanged()
+    server_type: Literal["virtual", "baremetal"] = unchanged()

@@ -1,4 +1,4 @@
-"""The ``vmbackup`` command: ``serve``, ``migrate`` and the standalone ``store`` group.
+"""The ``vmbackup`` command: ``serve``, ``worker``, ``migrate``, ``backups`` and the standalone ``store`` group.
 
 Domain errors become exit codes here and only here (each error class carries its ``exit_code``).
 """
@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from vmbackup.cli.backups import backups
 from vmbackup.cli.store import store
 from vmbackup.config import Settings, SettingsError, load_settings
 from vmbackup.errors import VmbackupError
@@ -66,12 +67,14 @@ def worker() -> None:
 
     from vmbackup.db.migrate import upgrade
     from vmbackup.db.session import make_engine, make_session_factory
+    from vmbackup.services import machines
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = make_engine(settings.database_url)
     upgrade(engine)
     sessions = make_session_factory(engine)
+    machines.bind_image_roots(sessions, settings.image_roots)  # tasks re-check image paths with it
     if settings.is_postgres:
         import asyncio
 
@@ -107,6 +110,7 @@ def worker() -> None:
 
 
 cli.add_command(store)
+cli.add_command(backups)
 
 
 def main() -> None:

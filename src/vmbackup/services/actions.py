@@ -46,20 +46,7 @@ def take_normal(
     if not disk.image_path:
         raise Conflict("Backup cannot be made at this time: the disk has no image path")
     backup = backups.new_normal(db, disk, _backup_server(db).id, note=note, initiated=initiated)
-    backup.schedule_id = schedule_id
-    backup.locked = True
-    tx = transactions.create(
-        db,
-        action="take_backup",
-        parent_type="Backup",
-        parent_id=backup.id,
-        vm_id=disk.virtual_machine_id,
-        user_id=backup.user_id,
-        lock_key=_vm_lock(disk.virtual_machine_id),
-        params={"disk_id": disk.id},
-    )
-    db.commit()
-    return backup, tx
+    return backup, _queue_take(db, backup, "take_backup", schedule_id, {"disk_id": disk.id})
 
 
 def take_incremental(
@@ -70,20 +57,27 @@ def take_incremental(
     if not disks:
         raise Conflict("Backup cannot be made at this time: the virtual machine has no disk with an image path")
     backup = backups.new_incremental(db, vm, _backup_server(db).id, note=note, initiated=initiated)
+    return backup, _queue_take(db, backup, "take_incremental_backup", schedule_id, {"disk_ids": [d.id for d in disks]})
+
+
+def _queue_take(
+    db: Session, backup: Backup, action: str, schedule_id: int | None, params: dict[str, object]
+) -> Transaction:
+    """Lock the new backup and queue the transaction that writes its data."""
     backup.schedule_id = schedule_id
     backup.locked = True
     tx = transactions.create(
         db,
-        action="take_incremental_backup",
+        action=action,
         parent_type="Backup",
         parent_id=backup.id,
-        vm_id=vm.id,
+        vm_id=backup.virtual_machine_id,
         user_id=backup.user_id,
-        lock_key=_vm_lock(vm.id),
-        params={"disk_ids": [d.id for d in disks]},
+        lock_key=_vm_lock(backup.virtual_machine_id),
+        params=params,
     )
     db.commit()
-    return backup, tx
+    return tx
 
 
 def _usable(backup: Backup, what: str) -> None:
