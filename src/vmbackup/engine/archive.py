@@ -1,23 +1,37 @@
 """Normal backups: one disk image as a sparse `.tar.zst` archive that stock `zstd -dc | tar -xSf -` restores.
 
-Two passes over the source, by design.  The tar format needs the sparse map (and so the member size) in front
-of the data, and the compressed stream cannot be patched afterwards.  Pass 1 finds the data: SEEK_DATA/
-SEEK_HOLE for holes (free), then a read of the data extents to cut out all-zero blocks; it keeps only the map
-(two integers per extent).  Pass 2 reads the non-zero extents again and streams them through zstd into the
-store.  The alternative, spooling compressed data to a temporary object and copying it behind the header,
-reads once but needs the archive's size twice on the backup disk and writes it twice; a second read of the
-data regions is cheaper on the target and keeps memory bounded by the map.
+One pass over the source.  The tar format needs the sparse map (and so the member size) in front of the data,
+and a compressed stream cannot be patched afterwards, so the map is what SEEK_DATA/SEEK_HOLE report (file
+system metadata, no reads): holes cost nothing.  Zeros the guest wrote inside data extents are stored as data,
+where zstd turns each all-zero frame into a few bytes (a cached frame: no compression work), and our restore
+writes them back as holes.  The earlier design cut 64 KiB zero blocks out of the map, which needed a full
+read of the data before the first byte could be compressed: on the bench image that serial pass (0.6 s of
+the 2.95 s) was the difference between 0.67x and 0.5x of `tar -S | zstd -T0 -3`.  Only stock `tar -xS` pays
+for the change: it writes those zeros instead of seeking over them (byte-identical, less sparse).
 
-Integrity: zstd's content checksum covers the compressed frame, and the sidecar `normal/<id>.meta.json`
-holds the BLAKE3 and length of the whole uncompressed tar stream, checked by restore and verify.  The meta
-object is written after the archive, so a backup exists exactly when its meta exists.
+The data is cut into `FRAME_BYTES` pieces compressed as independent zstd frames (level 3, content checksum)
+by at most `_THREADS_MAX` threads, each with its own compressor; frames are written in order.  Concatenated
+frames are one valid zstd stream for every zstd tool.  zstd's own multi-threading (`threads=-1`) grew ~30 MiB
+per core; here memory is bounded by the thread cap: `threads + 2` raw frames plus a compressed frame and a
+compressor per thread (engine library on the bench image: 78 MiB peak RSS with 2 MiB frames on 4 threads,
+100 MiB with 4 MiB frames on 3, 107 on 4), whatever the core count and image size.  Frame size: independent
+frames restart zstd's history, which costs most on data repeated at short distance (the bench's repeated-block
+region): archive 883 MiB at 2 MiB frames, 848 MiB at 4 MiB, against 826 MiB for `tar | zstd -3` (1.07x,
+1.03x).  4 MiB.
+
+Integrity: zstd's content checksum covers each frame, and the sidecar `normal/<id>.meta.json` holds the
+BLAKE3 and length of the whole uncompressed tar stream, checked by restore and verify.  The meta object is
+written after the archive, so a backup exists exactly when its meta exists.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -26,7 +40,7 @@ import blake3
 import zstandard
 
 from vmbackup.engine import tarformat as tf
-from vmbackup.engine.source import READ_SIZE, nonzero_extents, open_source
+from vmbackup.engine.source import READ_SIZE, Source, data_extents, open_source
 from vmbackup.engine.types import Progress, Stats
 from vmbackup.errors import BackupDamaged, BackupMissing
 from vmbackup.storage.base import ObjectMissing, Storage
@@ -34,6 +48,8 @@ from vmbackup.storage.base import ObjectMissing, Storage
 FORMAT = "vmbackup-normal"
 VERSION = 1
 ZSTD_LEVEL = 3  # ~300-500 MB/s per core with a good ratio on disk images; higher levels cost far more CPU
+FRAME_BYTES = 4 * 1024 * 1024  # data per independent zstd frame; see the module docstring for the size
+_THREADS_MAX = 3  # compression threads, whatever the core count: bounds memory (see above)
 
 
 def archive_key(backup_id: str) -> str:
@@ -44,63 +60,113 @@ def meta_key(backup_id: str) -> str:
     return f"normal/{backup_id}.meta.json"
 
 
-class _Counter:
-    """Passes writes through to the storage writer, counting the compressed bytes."""
+class _Frames:
+    """Compresses pieces of the source as independent frames on worker threads, one compressor each."""
 
-    def __init__(self, sink: Any) -> None:
-        self.sink, self.count = sink, 0
+    def __init__(self, src: Source) -> None:
+        self.src = src
+        self._local = threading.local()
+        self._zero_frames: dict[int, bytes] = {}
+        self._lock = threading.Lock()
 
-    def write(self, data: Any) -> int:
-        self.sink.write(data)
-        self.count += len(data)
-        return len(data)
+    def _cctx(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        return c
+
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        return self._cctx().compress(data)
+
+    def piece(self, buf: bytearray, offset: int, length: int) -> tuple[memoryview, bytes, bool]:
+        """(raw bytes in buf, frame, all zero) of [offset, offset+length)."""
+        raw = memoryview(buf)[:length]
+        self.src.read_into(raw, offset)
+        if (buf if length == len(buf) else raw.tobytes()) == _zeros(length):
+            frame = self._zero_frames.get(length)
+            if frame is None:
+                frame = self.compress(raw)
+                with self._lock:
+                    self._zero_frames[length] = frame
+            return raw, frame, True
+        return raw, self.compress(raw), False
 
 
-def take_normal(storage: Storage, backup_id: str, image_path: str, progress: Progress | None) -> Stats:
+_ZERO = bytes(FRAME_BYTES)
+
+
+def _zeros(n: int) -> bytes:
+    return _ZERO if n == FRAME_BYTES else bytes(n)
+
+
+def _pieces(extents: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    for off, length in extents:
+        for pos in range(off, off + length, FRAME_BYTES):
+            yield pos, min(FRAME_BYTES, off + length - pos)
+
+
+def take_normal(
+    storage: Storage, backup_id: str, image_path: str, progress: Progress | None, workers: int = 2
+) -> Stats:
     started = time.monotonic()
     stats = Stats()
     src = open_source(image_path)
     report = progress or (lambda done, total: None)
+    threads = max(1, min(workers, _THREADS_MAX))
     try:
         size = stats.logical_bytes = src.size
-
-        # Progress: pass 1 counts for the first half of the size, pass 2 for the second half.
-        def scanned(n: int) -> None:
-            stats.bytes_read += n
-            report(min(stats.bytes_read, size) // 2, size)
-
-        extents = list(nonzero_extents(src, scanned))
+        extents = list(data_extents(src))
         data_bytes = sum(n for _, n in extents)
         stats.zero_bytes = size - data_bytes
         name = f"{backup_id}.img"
         head = tf.member_start(name, size, extents, int(time.time()))
         hasher = blake3.blake3()
-        tar_bytes = 0
-        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True)
-        with storage.open_writer(archive_key(backup_id)) as w:
-            counter = _Counter(w)
-            zw = cctx.stream_writer(counter, closefd=False)
+        frames = _Frames(src)
+        tar_bytes = archive_bytes = done = 0
+        inflight: deque[tuple[bytearray, Future[tuple[memoryview, bytes, bool]]]] = deque()
+        # Reused buffers: a fresh 2 MiB bytearray per frame is a fresh mmap, paid in page faults every time.
+        free = [bytearray(FRAME_BYTES) for _ in range(threads + 2)]
+        with (
+            storage.open_writer(archive_key(backup_id)) as w,
+            ThreadPoolExecutor(threads, thread_name_prefix="vmbackup-archive") as pool,
+        ):
 
-            def emit(data: bytes | memoryview) -> None:
-                nonlocal tar_bytes
-                zw.write(data)
-                hasher.update(data)
-                tar_bytes += len(data)
+            def emit(raw: bytes | memoryview, frame: bytes) -> None:
+                nonlocal tar_bytes, archive_bytes
+                hasher.update(raw)
+                tar_bytes += len(raw)
+                w.write(frame)
+                archive_bytes += len(frame)
 
-            emit(head)
-            buf = memoryview(bytearray(READ_SIZE))
-            for off, length in extents:
-                pos, end = off, off + length
-                while pos < end:
-                    n = min(READ_SIZE, end - pos)
-                    src.read_into(buf[:n], pos)
-                    emit(buf[:n])
-                    stats.bytes_read += n
-                    pos += n
-                    report(size // 2 + pos // 2, size)
-            emit(tf.member_end(data_bytes))
-            zw.flush(zstandard.FLUSH_FRAME)
-            zw.close()
+            def collect() -> None:
+                nonlocal done
+                buf, fut = inflight.popleft()
+                raw, frame, zero = fut.result()
+                emit(raw, frame)
+                done += len(raw)
+                stats.bytes_read += len(raw)
+                if zero:
+                    stats.zero_bytes += len(raw)
+                free.append(buf)
+                report(done, size)
+
+            try:
+                emit(head, frames.compress(head))
+                for off, length in _pieces(extents):
+                    if not free:
+                        collect()
+                    buf = free.pop()
+                    inflight.append((buf, pool.submit(frames.piece, buf, off, length)))
+                while inflight:
+                    collect()
+            finally:
+                for _, fut in inflight:  # cancel what has not started, let the rest finish with its buffer
+                    fut.cancel()
+                for _, fut in inflight:
+                    if not fut.cancelled():
+                        fut.exception()
+            tail = tf.member_end(data_bytes)
+            emit(tail, frames.compress(tail))
         meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -111,16 +177,16 @@ def take_normal(storage: Storage, backup_id: str, image_path: str, progress: Pro
             "data_bytes": data_bytes,
             "tar_bytes": tar_bytes,
             "tar_blake3": hasher.hexdigest(),
-            "archive_bytes": counter.count,
+            "archive_bytes": archive_bytes,
             "source": image_path,
         }
         meta["stored_bytes"] = 0
         for _ in range(3):  # the meta counts its own size; settles once the digit count stops changing
             raw = json.dumps(meta, indent=1).encode()
-            meta["stored_bytes"] = counter.count + len(raw)
+            meta["stored_bytes"] = archive_bytes + len(raw)
         raw = json.dumps(meta, indent=1).encode()
         storage.put(meta_key(backup_id), raw)
-        stats.new_bytes_stored = counter.count + len(raw)
+        stats.new_bytes_stored = archive_bytes + len(raw)
     finally:
         src.close()
     report(size, size)

@@ -6,21 +6,28 @@ object is one zstd frame with content size and content checksum.  BLAKE3 over sh
 
 Objects are immutable and written atomically, so "exists" means "complete"; a damaged object is found by
 re-hashing what it decompresses to.
+
+A take adds its chunks through a `ChunkWriter`, over a storage batch: chunks become visible (data durable)
+every `FLUSH_EVERY` new chunks, and the writer's exit makes every name durable, before the manifest is
+written.  One fsync barrier per flush instead of two fsyncs per chunk is what lets small chunks go fast.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import blake3
 import zstandard
 
-from vmbackup.storage.base import ObjectMissing, Storage
+from vmbackup.storage.base import Batch, ObjectMissing, Storage
 
 ZSTD_LEVEL = 3
 PREFIX = "chunks/"
+QUARANTINE = "quarantine/"
 ID_BYTES = 32
+FLUSH_EVERY = 256  # new chunks per durability barrier; LocalStorage keeps that many files open until then
 
 
 class ChunkMissing(Exception):
@@ -57,6 +64,12 @@ class ChunkStore:
         if d is None:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
+
+    @contextmanager
+    def writer(self) -> Iterator[ChunkWriter]:
+        """Add chunks for one take; on normal exit every chunk added is durable (data and name)."""
+        with self.storage.batch() as batch:
+            yield ChunkWriter(self, batch)
 
     def add(self, data: bytes | bytearray | memoryview) -> tuple[str, int]:
         """Hash and store a chunk unless present.  Returns (id, stored bytes); 0 bytes means reused.
@@ -96,6 +109,21 @@ class ChunkStore:
             raise ChunkCorrupt("fails its BLAKE3 check")
         return data, len(packed)
 
+    def load_into(self, cid: str, out: memoryview) -> int:
+        """Decompress a checked chunk straight into `out` (which must fit it); returns its length."""
+        try:
+            packed = self.storage.get(chunk_key(cid))
+        except ObjectMissing:
+            raise ChunkMissing(cid) from None
+        try:
+            data = self._dctx().decompress(packed, max_output_size=len(out))
+        except zstandard.ZstdError as exc:
+            raise ChunkCorrupt(f"does not decompress ({exc})") from None
+        if chunk_id(data) != cid:
+            raise ChunkCorrupt("fails its BLAKE3 check")
+        out[: len(data)] = data
+        return len(data)
+
     def exists(self, cid: str) -> bool:
         return self.storage.exists(chunk_key(cid))
 
@@ -108,3 +136,62 @@ class ChunkStore:
             return self.storage.delete(chunk_key(cid))
         except ObjectMissing:
             return 0
+
+    def quarantine(self, cid: str) -> bool:
+        """Move a damaged chunk out of the store (kept under `quarantine/` for inspection), so the next take
+        that meets its data stores it afresh; every backup listing the id is whole again from then on."""
+        try:
+            packed = self.storage.get(chunk_key(cid))
+        except ObjectMissing:
+            return False
+        if self.check_packed(cid, packed):
+            return False  # intact after all (repaired meanwhile): leave it
+        self.storage.put(f"{QUARANTINE}{cid}", packed)
+        self.delete(cid)
+        return True
+
+    def check_packed(self, cid: str, packed: bytes) -> bool:
+        try:
+            return chunk_id(self._dctx().decompress(packed)) == cid
+        except zstandard.ZstdError:
+            return False
+
+
+class ChunkWriter:
+    """Stores the chunks of one take (thread-safe).  A chunk another thread of this take is storing, or that
+    waits for its flush, counts as reused: it is visible before the take ends."""
+
+    def __init__(self, store: ChunkStore, batch: Batch) -> None:
+        self._store, self._batch = store, batch
+        self._mutex = threading.Lock()
+        self._claimed: set[bytes] = set()  # ids stored by this take and not yet flushed: bounded by FLUSH_EVERY
+        self._unflushed = 0
+
+    def store(self, digest: bytes, data: bytes | bytearray | memoryview) -> int:
+        """Store the chunk whose BLAKE3 is `digest` unless present; returns the bytes stored (0 = reused)."""
+        with self._mutex:
+            if digest in self._claimed:
+                return 0
+            self._claimed.add(digest)
+        key = chunk_key(digest.hex())
+        if self._store.storage.exists(key):
+            with self._mutex:
+                self._claimed.discard(digest)
+            self._batch.keep(key)
+            return 0
+        packed = self._store._cctx().compress(data)
+        self._batch.put(key, packed)
+        with self._mutex:
+            self._unflushed += 1
+            flush = self._unflushed >= FLUSH_EVERY
+            if flush:
+                self._unflushed = 0
+        if flush:
+            self.flush()
+        return len(packed)
+
+    def flush(self) -> None:
+        keys = self._batch.flush()
+        with self._mutex:
+            for key in keys:
+                self._claimed.discard(bytes.fromhex(key.rpartition("/")[2]))

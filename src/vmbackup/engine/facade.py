@@ -35,7 +35,7 @@ class Engine:
     def take_normal(self, backup_id: str, image_path: str, progress: Progress | None = None) -> Stats:
         self._check_new(backup_id)
         with self.storage.lock(exclusive=False):  # keeps recover() off our temporary object
-            return archive.take_normal(self.storage, backup_id, image_path, progress)
+            return archive.take_normal(self.storage, backup_id, image_path, progress, self.workers)
 
     def take_incremental(self, backup_id: str, disks: dict[str, str], progress: Progress | None = None) -> Stats:
         self._check_new(backup_id)
@@ -59,13 +59,15 @@ class Engine:
             created = datetime.now(UTC).isoformat(timespec="seconds")
             manifest = Manifest(backup_id, created, {})
             # The shared lock is the lease that keeps GC away from chunks this take reuses (see gc.py).
-            with (
-                self.storage.lock(exclusive=False),
-                ThreadPoolExecutor(self.workers, thread_name_prefix="vmbackup-chunk") as pool,
-            ):
-                chunker = DiskChunker(self.chunks, pool, self.workers, stats, advance)
-                for key, src in sources.items():
-                    manifest.disks[key] = chunker.run(src, self.chunk_size)
+            with self.storage.lock(exclusive=False):
+                with (
+                    ThreadPoolExecutor(self.workers, thread_name_prefix="vmbackup-chunk") as pool,
+                    self.chunks.writer() as writer,
+                ):
+                    chunker = DiskChunker(writer, pool, self.workers, stats, advance)
+                    for key, src in sources.items():
+                        manifest.disks[key] = chunker.run(src, self.chunk_size)
+                # The writer has made every chunk durable (data and name): only now may the manifest appear.
                 manifest.stored_bytes = stats.new_bytes_stored
                 with self.storage.open_writer(manifest_key(backup_id)) as w:
                     for piece in manifest.encode():
@@ -165,6 +167,15 @@ class Engine:
         if self.kind_of(backup_id) == "normal":
             return archive.delete_normal(self.storage, backup_id)
         return gc.delete_incremental(self.storage, self.chunks, backup_id)
+
+    def quarantine(self, chunk_ids: list[str]) -> int:
+        """Move damaged chunks (a `VerifyReport.damaged_chunks`) aside so the next backup stores them again.
+        Needs the store to itself: while a take runs it may be reusing one of them, so this returns 0 and the
+        next integrity check tries again."""
+        with self.storage.lock(exclusive=True, blocking=False) as held:
+            if not held:
+                return 0
+            return sum(self.chunks.quarantine(cid) for cid in chunk_ids)
 
     def gc(self) -> int:
         """Collect unreferenced chunks now, waiting for running takes to finish."""

@@ -7,6 +7,7 @@ exists, so a backup known to be incomplete never starts overwriting an in-place 
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -15,10 +16,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from vmbackup.engine.archive import load_meta, read_archive
 from vmbackup.engine.chunkstore import ChunkCorrupt, ChunkMissing, ChunkStore
 from vmbackup.engine.manifest import DiskEntry, Manifest
+from vmbackup.engine.source import READ_SIZE
 from vmbackup.engine.target import Target, open_target
 from vmbackup.engine.types import Progress, Stats
 from vmbackup.errors import BackupDamaged, TargetInvalid
 from vmbackup.storage.base import Storage
+
+_TASK_BYTES = 1 * 1024 * 1024  # consecutive chunks loaded by one task and written with one (direct) write
+# Chunk reads wait on the disk: more threads than cores keep it busy.  Cold reads of the bench's 11k chunk
+# files alone: 2.54 s on 1 thread, 1.70 s on 4, 1.43 s on 16.  Whole restore of the 1st bench backup:
+# 4 threads x 4 MiB tasks 2.20 s (57 MiB RSS), 8 x 1 MiB 1.87 s (43 MiB), 12 x 1 MiB 1.85 s (53 MiB).
+_RESTORE_THREADS = 8
+_ZEROS = bytes(READ_SIZE)
+_WRITES_AHEAD = 8  # pieces of READ_SIZE queued for the writer threads of a normal restore
 
 
 def _noop(done: int, total: int) -> None:
@@ -33,7 +43,13 @@ def restore_normal(
     size = int(load_meta(storage, backup_id)["logical_bytes"])
     stats = Stats(logical_bytes=size)
 
-    with open_target(path, size, force_overwrite=force_overwrite) as t:
+    # Decompressing and hashing stay on this thread (one zstd stream); writes, which wait on the device,
+    # go to two writer threads, at most _WRITES_AHEAD pieces behind.
+    with (
+        open_target(path, size, force_overwrite=force_overwrite) as t,
+        ThreadPoolExecutor(2, thread_name_prefix="vmbackup-restore") as pool,
+    ):
+        writes: deque[Future[None]] = deque()
 
         def on_map(realsize: int, extents: list[tuple[int, int]]) -> None:
             if realsize != size or any(o + n > size for o, n in extents):
@@ -46,11 +62,26 @@ def restore_normal(
                     pos = off + n
 
         def on_data(offset: int, data: bytes) -> None:
-            t.write(data, offset)
+            # Zeros the archive holds as data (written by the guest) stay holes unless old data must go.
+            if t.needs_zeroing or data != (_ZEROS if len(data) == len(_ZEROS) else bytes(len(data))):
+                writes.append(pool.submit(t.writev, [data], offset))
+                if len(writes) >= _WRITES_AHEAD:
+                    writes.popleft().result()
+            else:
+                stats.zero_bytes += len(data)
             stats.bytes_read += len(data)
             report(offset + len(data), size)
 
-        read_archive(storage, backup_id, on_map, on_data)
+        try:
+            read_archive(storage, backup_id, on_map, on_data)
+            while writes:
+                writes.popleft().result()
+        finally:
+            for f in writes:
+                f.cancel()
+            for f in writes:
+                if not f.cancelled():
+                    f.exception()
     report(size, size)
     stats.duration_seconds = time.monotonic() - started
     return stats
@@ -86,19 +117,37 @@ def restore_incremental(
         raise TargetInvalid(
             f"backup {manifest.backup_id} has no disk {', '.join(unknown)} (disks: {', '.join(manifest.disks)})"
         )
-    check_chunks_exist(store, manifest, list(targets))
+    # Only an in-place target can be left half-written; a new file is written aside and dropped on failure,
+    # so the stat of every chunk up front is only paid when something would be overwritten.
+    if any(os.path.lexists(path) for path in targets.values()):
+        check_chunks_exist(store, manifest, list(targets))
     stats = Stats(logical_bytes=sum(manifest.disks[k].size for k in targets))
     report = progress or _noop
     done = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="vmbackup-restore") as pool:
+    threads = max(workers, _RESTORE_THREADS)
+    with ThreadPoolExecutor(threads, thread_name_prefix="vmbackup-restore") as pool:
         for key, path in targets.items():
             entry = manifest.disks[key]
             with open_target(path, entry.size, force_overwrite=force_overwrite) as t:
-                for n in _restore_disk(pool, store, manifest.backup_id, key, entry, t, stats, workers):
+                for n in _restore_disk(pool, store, manifest.backup_id, key, entry, t, stats, threads):
                     done += n
                     report(done, stats.logical_bytes)
     stats.duration_seconds = time.monotonic() - started
     return stats
+
+
+def _runs(entry: DiskEntry, per_task: int) -> Iterator[tuple[int, list[str | None]]]:
+    """(first index, ids) of up to per_task consecutive chunks, all zero or all data, in disk order."""
+    first, run, zero = 0, [], False
+    for i, cid in entry.chunk_ids():
+        if run and ((cid is None) != zero or len(run) >= per_task):
+            yield first, run
+            run = []
+        if not run:
+            first, zero = i, cid is None
+        run.append(cid)
+    if run:
+        yield first, run
 
 
 def _restore_disk(
@@ -111,34 +160,42 @@ def _restore_disk(
     stats: Stats,
     workers: int,
 ) -> Iterator[int]:
-    """Yields logical bytes done as chunks land; workers load, check and write chunks (pwrite, any order)."""
+    """Yields logical bytes done as runs land.  Workers load, decompress and check a run of consecutive chunks
+    and write it with one pwritev (runs land in any order: writes are positional)."""
+    cs = entry.chunk_size
 
-    def work(cid: str, off: int, length: int) -> int:
-        try:
-            data = store.load(cid)
-        except (ChunkMissing, ChunkCorrupt) as exc:
-            raise _damage(backup_id, key, cid, exc) from None
-        if len(data) != length:
-            raise BackupDamaged(
-                f"backup {backup_id}: chunk {cid} of disk {key} holds {len(data)} bytes, "
-                f"{length} expected at offset {off}"
-            )
-        t.write(data, off)
-        return length
+    def work(first: int, ids: list[str | None]) -> int:
+        parts = []
+        for j, cid in enumerate(ids):
+            assert cid is not None
+            off = (first + j) * cs
+            length = min(cs, entry.size - off)
+            try:
+                data = store.load(cid)
+            except (ChunkMissing, ChunkCorrupt) as exc:
+                raise _damage(backup_id, key, cid, exc) from None
+            if len(data) != length:
+                raise BackupDamaged(
+                    f"backup {backup_id}: chunk {cid} of disk {key} holds {len(data)} bytes, "
+                    f"{length} expected at offset {off}"
+                )
+            parts.append(data)
+        t.writev(parts, first * cs)
+        return sum(map(len, parts))
 
     inflight: deque[Future[int]] = deque()
     try:
-        for i, cid in entry.chunk_ids():
-            off = i * entry.chunk_size
-            length = min(entry.chunk_size, entry.size - off)
-            if cid is None:
+        for first, ids in _runs(entry, max(1, _TASK_BYTES // cs)):
+            if ids[0] is None:
+                off = first * cs
+                length = min(len(ids) * cs, entry.size - off)
                 if t.needs_zeroing:
                     t.zero(off, length)
                 stats.zero_bytes += length
                 yield length
                 continue
-            inflight.append(pool.submit(work, cid, off, length))
-            if len(inflight) >= 4 * workers:
+            inflight.append(pool.submit(work, first, ids))
+            if len(inflight) >= 2 * workers:
                 n = inflight.popleft().result()
                 stats.bytes_read += n
                 yield n

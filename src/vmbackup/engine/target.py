@@ -4,6 +4,13 @@ A new file is created as `.<name>.vmbackup-<random>` in the target's directory, 
 (so every region we do not write is a hole that reads as zeros), fsynced and renamed over the final name only
 when the restore succeeded: a failed restore leaves nothing.
 
+Large aligned writes go through a second descriptor opened with O_DIRECT: a restore writes gigabytes that
+nobody reads back soon, and through the page cache every byte costs a kernel copy into freshly allocated
+cache pages plus writeback later (perf on the 2 GiB bench restore: 72% of the CPU in the kernel, a quarter of
+it that copy).  Direct writes go from a reused, page-aligned buffer to the device.  Unaligned pieces (the
+tail of an image whose size is not a multiple of 4 KiB) and file systems that refuse O_DIRECT (tmpfs) use
+ordinary writes.
+
 In place cannot be atomic: the existing file or device is overwritten as we go, and a failed restore leaves
 it partly written.  An existing regular file is truncated to 0 and then to the image size first, which zeroes
 it in one step (and keeps it sparse), so only data has to be written.  A block device keeps its old
@@ -16,9 +23,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +37,30 @@ from vmbackup.errors import StorageFull, TargetInvalid
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _ZEROS = bytes(1024 * 1024)
+DIRECT_ALIGN = 4096  # offsets and lengths of O_DIRECT writes: the logical block size of any common device
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_local = threading.local()
+
+
+def _aligned_buffer(n: int) -> memoryview:
+    """A page-aligned buffer of at least n bytes, reused per thread."""
+    buf: mmap.mmap | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) < n:
+        if buf is not None:
+            buf.close()
+        buf = _local.buf = mmap.mmap(-1, max(n, 1024 * 1024))
+    return memoryview(buf)[:n]
+
+
+def _open_direct(path: str | Path) -> int | None:
+    if not _O_DIRECT:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | _O_DIRECT)
+    except OSError:  # tmpfs and a few others refuse O_DIRECT
+        return None
+
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
@@ -37,12 +70,41 @@ class Target:
     fd: int
     size: int
     needs_zeroing: bool  # True when regions we skip would keep stale data
+    direct_fd: int | None = None  # the same file opened with O_DIRECT, when the file system allows it
 
     def write(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
             n = os.pwrite(self.fd, view, offset)
             view, offset = view[n:], offset + n
+
+    def writev(self, parts: list[bytes], offset: int) -> None:
+        """Write the parts back to back from `offset`: one direct write when aligned, else one pwritev."""
+        total = sum(map(len, parts))
+        dfd = self.direct_fd
+        if dfd is not None and offset % DIRECT_ALIGN == 0 and total % DIRECT_ALIGN == 0:
+            buf = _aligned_buffer(total)
+            pos = 0
+            for p in parts:
+                buf[pos : pos + len(p)] = p
+                pos += len(p)
+            try:
+                while pos := pos - os.pwrite(dfd, buf[total - pos :], offset + total - pos):
+                    pass
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct_fd = None  # alignment refused after all: buffered from now on
+                os.close(dfd)
+        n = os.pwritev(self.fd, parts, offset)
+        if n < total:  # rare: finish the rest in one piece
+            self.write(b"".join(parts)[n:], offset + n)
+
+    def close_direct(self) -> None:
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
 
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros: punch a hole if the kernel can, else write zeros."""
@@ -94,7 +156,11 @@ def _new_file(p: Path, size: int) -> Iterator[Target]:
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size)
-        yield Target(str(p), fd, size, needs_zeroing=False)
+        t = Target(str(p), fd, size, needs_zeroing=False, direct_fd=_open_direct(tmp))
+        try:
+            yield t
+        finally:
+            t.close_direct()
         os.fsync(fd)
         os.replace(tmp, p)
         dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -123,7 +189,11 @@ def _in_place(p: Path, size: int, *, block: bool) -> Iterator[Target]:
         else:
             os.ftruncate(fd, 0)
             os.ftruncate(fd, size)
-        yield Target(str(p), fd, size, needs_zeroing=block)
+        t = Target(str(p), fd, size, needs_zeroing=block, direct_fd=_open_direct(p))
+        try:
+            yield t
+        finally:
+            t.close_direct()
         os.fsync(fd)
     finally:
         os.close(fd)

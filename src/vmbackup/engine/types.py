@@ -43,6 +43,7 @@ class VerifyReport:
     backup_id: str
     problems: list[str] = field(default_factory=list)
     bytes_checked: int = 0  # stored bytes re-read and checked
+    damaged_chunks: list[str] = field(default_factory=list)  # present but failing their check (not missing)
 
     @property
     def ok(self) -> bool:
@@ -54,6 +55,7 @@ class VerifyReport:
             "ok": self.ok,
             "problems": list(self.problems),
             "bytes_checked": self.bytes_checked,
+            "damaged_chunks": list(self.damaged_chunks),
         }
 
 

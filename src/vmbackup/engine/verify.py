@@ -56,27 +56,30 @@ def verify_incremental(store: ChunkStore, manifest: Manifest, workers: int, prog
         else:
             skipped += 1
 
-    def check(cid: str) -> tuple[str, int, str | None]:
+    def check(cid: str) -> tuple[str, int, str | None, bool]:
+        """(id, stored bytes, problem or None, whether the object is present but damaged)"""
         key, length = todo[cid]
         try:
             data, stored = store.load_sized(cid)
         except ChunkMissing:
-            return cid, 0, f"chunk {cid} of disk {key} is missing"
+            return cid, 0, f"chunk {cid} of disk {key} is missing", False
         except ChunkCorrupt as exc:
-            return cid, 0, f"chunk {cid} of disk {key} is corrupt: {exc}"
+            return cid, 0, f"chunk {cid} of disk {key} is corrupt: {exc}", True
         if len(data) != length:
-            return cid, stored, f"chunk {cid} of disk {key} holds {len(data)} bytes, {length} expected"
-        return cid, stored, None
+            return cid, stored, f"chunk {cid} of disk {key} holds {len(data)} bytes, {length} expected", True
+        return cid, stored, None, False
 
-    inflight: deque[Future[tuple[str, int, str | None]]] = deque()
+    inflight: deque[Future[tuple[str, int, str | None, bool]]] = deque()
     done, total = 0, sum(length for _, length in todo.values())
 
     def collect() -> None:
         nonlocal done
-        cid, stored, trouble = inflight.popleft().result()
+        cid, stored, trouble, damaged = inflight.popleft().result()
         report.bytes_checked += stored
         if trouble:
             problem(f"backup {manifest.backup_id}: {trouble}")
+        if damaged:
+            report.damaged_chunks.append(cid)
         done += todo[cid][1]
         if progress:
             progress(done, total)

@@ -61,10 +61,10 @@ def check(sessions: sessionmaker[Session], backup_id: int, mib_per_second: float
     try:
         report = engine.verify(identifier, Throttle(mib_per_second))
         problems = report.problems
-        if problems:
-            quarantined = engine.quarantine_damaged(identifier)
-            if quarantined:
-                problems = [*problems, f"{quarantined} damaged chunk(s) moved aside; the next backup stores them again"]
+        if report.damaged_chunks:
+            moved = engine.quarantine(report.damaged_chunks)
+            if moved:
+                problems = [*problems, f"{moved} damaged chunk(s) moved aside; the next backup stores them again"]
     except VmbackupError as exc:
         problems = [exc.message]
     with sessions() as db:

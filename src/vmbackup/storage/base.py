@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import BinaryIO, Protocol
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
@@ -29,6 +29,41 @@ class Writer(Protocol):
     """What `Storage.open_writer` yields: a write-only byte sink."""
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
+class Batch(Protocol):
+    """What `Storage.batch` yields: many small objects stored with one durability barrier."""
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, /) -> None:
+        """Store `data` under `key`; safe to call from several threads.  The object appears (whole) no later
+        than the next `flush`."""
+
+    def keep(self, key: str, /) -> None:
+        """The caller relies on the existing object `key`: make sure its name is durable when the batch ends
+        (its writer, another process maybe, may not have made it durable yet)."""
+
+    def flush(self) -> list[str]:
+        """Make every object put so far visible, with its data durable; returns their keys.  Names are
+        durable once the batch ends."""
+
+
+class _ImmediateBatch:
+    """The default batch: every put is an ordinary, durable `Storage.put`."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._done: list[str] = []
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, /) -> None:
+        self._storage.put(key, bytes(data))
+        self._done.append(key)
+
+    def keep(self, key: str, /) -> None:
+        pass
+
+    def flush(self) -> list[str]:
+        done, self._done = self._done, []
+        return done
 
 
 def check_key(key: str) -> str:
@@ -51,6 +86,13 @@ class Storage(ABC):
         """Store `data` under `key` atomically."""
         with self.open_writer(key) as w:
             w.write(data)
+
+    def batch(self) -> AbstractContextManager[Batch]:
+        """Many small objects (chunks) with one durability barrier instead of one per object.  Each object
+        still appears atomically, and only with its data durable; the names are durable after `flush` or
+        the block's normal exit (which flushes).  On error, objects not yet flushed may be dropped (never
+        left partial).  Backends without a cheaper way just put each object (this default)."""
+        return _default_batch(self)
 
     @abstractmethod
     def open_reader(self, key: str) -> AbstractContextManager[BinaryIO]:
@@ -87,3 +129,8 @@ class Storage(ABC):
         """A store-wide reader/writer lock shared by every process using the store.  Yields True when held;
         with blocking=False yields False instead of waiting.  Backups hold it shared, garbage collection and
         crash recovery exclusive (see docs/formats.md)."""
+
+
+@contextmanager
+def _default_batch(storage: Storage) -> Iterator[Batch]:
+    yield _ImmediateBatch(storage)

@@ -2,8 +2,18 @@
 
 Durability: a writer writes `<dir>/.tmp-<name>-<random>`, fsyncs it, renames it over the final name and fsyncs
 the directory, so after `open_writer` returns the object survives a power cut and a crash never exposes a
-partial object.  The store-wide lock is `flock` on `<root>/.lock`; flock locks belong to an open file
-description, so they also exclude threads of one process that open the lock separately.
+partial object.  (Starting writeback behind a streamed object with sync_file_range was tried: it blocks the
+writer on a busy device queue, 4.3 s instead of 3.1 s for the bench's normal backup, so it is not done.)
+
+A `batch` (the chunk store's) keeps the same order per object, temporary -> fsync -> rename, but pays the
+fsyncs once per flush instead of twice per object: every put keeps its file open; `flush` fsyncs them (the
+first fsync commits the journal for all of them), renames them, and the directories are fsynced once when
+the batch ends.  Measured here on
+3000 files of 60 KiB (ext4 on virtio): fsync per file ~350 us per file, batched ~110-170 us, i.e. the
+file creation itself.
+
+The store-wide lock is `flock` on `<root>/.lock`; flock locks belong to an open file description, so they
+also exclude threads of one process that open the lock separately.
 """
 
 from __future__ import annotations
@@ -12,13 +22,15 @@ import errno
 import fcntl
 import os
 import secrets
+import stat
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
 from vmbackup.errors import StorageFull
-from vmbackup.storage.base import ObjectMissing, Storage, Writer, check_key
+from vmbackup.storage.base import Batch, ObjectMissing, Storage, Writer, check_key
 
 _TMP = ".tmp-"
 
@@ -33,6 +45,102 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _LocalBatch:
+    def __init__(self, storage: LocalStorage) -> None:
+        self._storage = storage
+        self._mutex = threading.Lock()
+        self._pending: list[tuple[int, str, str, str]] = []  # fd, temporary path, final path, key
+        self._known_dirs: set[str] = set()
+        self._dirty_dirs: set[str] = set()  # directories whose entries must be fsynced before the end
+
+    def _ensure_dir(self, d: str) -> None:
+        if d in self._known_dirs:
+            return
+        created = []
+        p = d
+        while not os.path.isdir(p):
+            created.append(p)
+            p = os.path.dirname(p)
+        if created:
+            os.makedirs(d, exist_ok=True)
+            with self._mutex:
+                self._dirty_dirs.update(os.path.dirname(c) for c in created)
+        with self._mutex:
+            self._known_dirs.add(d)
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, /) -> None:
+        final = str(self._storage.path_of(key))
+        d, name = os.path.split(final)
+        tmp = f"{d}/{_TMP}{name}-{secrets.token_hex(6)}"
+        try:
+            self._ensure_dir(d)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise (_full(exc, key) if exc.errno == errno.ENOSPC else exc) from exc
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException as exc:
+            os.close(fd)
+            os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise _full(exc, key) from exc
+            raise
+        with self._mutex:
+            self._pending.append((fd, tmp, final, key))
+
+    def keep(self, key: str) -> None:
+        """The caller relies on the existing object `key`: its name is made durable when the batch ends
+        (another writer may have renamed it moments ago and not yet fsynced its directory)."""
+        d = os.path.dirname(str(self._storage.path_of(key)))
+        if d not in self._dirty_dirs:
+            with self._mutex:
+                self._dirty_dirs.add(d)
+
+    def flush(self) -> list[str]:
+        with self._mutex:
+            items, self._pending = self._pending, []
+        done = 0
+        try:
+            for fd, _, _, _ in items:
+                os.fsync(fd)
+            for _, tmp, final, _ in items:
+                os.replace(tmp, final)
+                done += 1
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise _full(exc, items[done][3]) from exc
+            raise
+        finally:
+            for fd, _, _, _ in items:
+                os.close(fd)
+            for _, tmp, _, _ in items[done:]:
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        with self._mutex:
+            self._dirty_dirs.update(os.path.dirname(final) for _, _, final, _ in items)
+        return [key for _, _, _, key in items]
+
+    def finish(self) -> None:
+        self.flush()
+        with self._mutex:
+            dirs, self._dirty_dirs = sorted(self._dirty_dirs, key=len, reverse=True), set()
+        for d in dirs:  # deepest first: a new directory's own entries before its entry in its parent
+            try:
+                fsync_dir(Path(d))
+            except OSError as exc:
+                raise (_full(exc, d) if exc.errno == errno.ENOSPC else exc) from exc
+
+    def discard(self) -> None:
+        with self._mutex:
+            items, self._pending = self._pending, []
+        for fd, tmp, _, _ in items:
+            os.close(fd)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 class LocalStorage(Storage):
@@ -65,6 +173,37 @@ class LocalStorage(Storage):
             raise
 
     @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        b = _LocalBatch(self)
+        try:
+            yield b
+            b.finish()
+        except BaseException:
+            b.discard()
+            raise
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        # Plain syscalls: chunks are read by the ten thousand, a Python file object per read costs ~10 us.
+        try:
+            fd = os.open(self.path_of(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        try:
+            if length is None:
+                length = max(0, os.fstat(fd).st_size - offset)
+            parts = []
+            while length > 0:
+                data = os.pread(fd, length, offset)
+                if not data:
+                    break
+                parts.append(data)
+                offset += len(data)
+                length -= len(data)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)
+
+    @contextmanager
     def open_reader(self, key: str) -> Iterator[BinaryIO]:
         try:
             f = open(self.path_of(key), "rb")  # noqa: SIM115 - closed by the with below
@@ -74,7 +213,10 @@ class LocalStorage(Storage):
             yield f
 
     def exists(self, key: str) -> bool:
-        return self.path_of(key).is_file()
+        try:
+            return stat.S_ISREG(os.stat(self.path_of(key)).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def size(self, key: str) -> int:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from conftest import ImageFactory, MiB, overwrite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -89,3 +90,74 @@ def test_chunker_round_trip_property(tmp_path: Path, size: int, chunk: int, writ
     out.unlink(missing_ok=True)
     eng.restore("p", {"d": str(out)})
     assert out.read_bytes() == img.read_bytes()
+
+
+def test_backups_with_other_chunk_sizes_still_restore_and_share_nothing_wrongly(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    """The chunk size is per disk in each manifest: backups taken with the old 1 MiB default restore with an
+    engine whose default is smaller, and both kinds live side by side in one store."""
+    from vmbackup.engine.chunker import CHUNK_SIZE
+    from vmbackup.engine.manifest import decode
+
+    img = make_image(size=6 * MiB + 4096 + 17)
+    Engine(storage, chunk_size=MiB).take_incremental("old", {"vda": str(img)})
+    assert decode(storage.get(manifest_key("old")), "old").disks["vda"].chunk_size == MiB
+    overwrite(img, 3 * MiB + 1, b"new data")
+    eng = Engine(storage)
+    eng.take_incremental("new", {"vda": str(img)})
+    assert decode(storage.get(manifest_key("new")), "new").disks["vda"].chunk_size == CHUNK_SIZE < MiB
+    assert eng.verify("old").ok and eng.verify("new").ok
+    eng.restore("new", {"vda": str(tmp_path / "new.img")})
+    assert (tmp_path / "new.img").read_bytes() == img.read_bytes()
+    eng.delete("new")
+    eng.restore("old", {"vda": str(tmp_path / "old.img")})
+    assert (tmp_path / "old.img").read_bytes() != img.read_bytes()
+    assert eng.verify("old").ok
+
+
+def test_failed_take_writes_no_manifest_and_leaves_no_temporary(
+    make_image: ImageFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A take that dies after some chunk batches were flushed leaves chunks (garbage for recover), never a
+    manifest, and no temporary file."""
+    import errno
+
+    from vmbackup.engine import chunkstore
+    from vmbackup.errors import StorageFull
+    from vmbackup.storage import LocalStorage
+
+    monkeypatch.setattr(chunkstore, "FLUSH_EVERY", 4)
+    store = LocalStorage(tmp_path / "store")
+    eng = Engine(store, chunk_size=16 * 1024)
+    real_fsync, calls = os.fsync, [0]
+
+    def fsync(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] > 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr("vmbackup.storage.local.os.fsync", fsync)
+    with pytest.raises(StorageFull):
+        eng.take_incremental("i1", {"vda": str(make_image())})
+    monkeypatch.setattr("vmbackup.storage.local.os.fsync", real_fsync)
+    assert list(store.list("manifests/")) == [] and eng.list() == []
+    assert list(store.list("chunks/")) != []  # flushed batches: garbage until recovered
+    assert [p.name for p in (tmp_path / "store").rglob(".tmp-*")] == []
+    eng.recover()
+    assert list(store.list("chunks/")) == []
+
+
+def test_restore_to_a_new_path_with_a_missing_chunk_leaves_nothing(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    from vmbackup.engine.chunkstore import PREFIX
+    from vmbackup.errors import BackupDamaged
+
+    eng = Engine(storage, chunk_size=64 * 1024)
+    eng.take_incremental("i1", {"vda": str(make_image())})
+    storage.delete(sorted(storage.list(PREFIX))[-1])
+    with pytest.raises(BackupDamaged, match="is missing"):
+        eng.restore("i1", {"vda": str(tmp_path / "out.img")})
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))] == []

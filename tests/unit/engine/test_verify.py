@@ -101,3 +101,29 @@ def test_damaged_manifest_is_reported(storage: Storage, make_image: ImageFactory
     assert not report.ok and "manifest manifests/i1.json is damaged" in report.problems[0]
     with pytest.raises(BackupDamaged, match="backup i1: manifest"):
         eng.restore("i1", {"vda": str(tmp_path / "o")})
+
+
+def test_quarantined_damage_is_healed_by_the_next_take(storage: Storage, make_image: ImageFactory) -> None:
+    eng = Engine(storage, chunk_size=64 * 1024)
+    image = str(make_image())
+    eng.take_incremental("i1", {"vda": image})
+    victim = max((k for k in storage.list(PREFIX)), key=storage.size)
+    storage.put(victim, flip_byte(storage.get(victim), storage.size(victim) // 2))
+    report = eng.verify("i1")
+    assert not report.ok and report.damaged_chunks == [victim.rpartition("/")[2]]
+    assert eng.quarantine(report.damaged_chunks) == 1
+    assert not storage.exists(victim) and storage.exists(f"quarantine/{victim.rpartition('/')[2]}")
+    stats = eng.take_incremental("i2", {"vda": image})
+    assert stats.new_bytes_stored > 0  # the damaged chunk was stored afresh
+    assert eng.verify("i1").ok and eng.verify("i2").ok
+
+
+def test_quarantine_waits_while_a_take_holds_the_store(storage: Storage, make_image: ImageFactory) -> None:
+    eng = Engine(storage, chunk_size=64 * 1024)
+    eng.take_incremental("i1", {"vda": str(make_image())})
+    victim = next(iter(storage.list(PREFIX)))
+    storage.put(victim, flip_byte(storage.get(victim), 10))
+    damaged = eng.verify("i1").damaged_chunks
+    with storage.lock(exclusive=False):  # what a running take holds
+        assert eng.quarantine(damaged) == 0
+    assert eng.quarantine(damaged) == 1

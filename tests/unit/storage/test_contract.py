@@ -120,3 +120,39 @@ def test_local_cleanup_temp_removes_leftovers(tmp_path: Path) -> None:
     assert list(storage.list()) == ["d/k"]
     assert storage.cleanup_temp() == 1
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["k"]
+
+
+def test_batch_objects_appear_whole_after_flush_and_exit(storage: Storage) -> None:
+    with storage.batch() as b:
+        b.put("c/aa/1", b"one")
+        b.put("c/bb/2", memoryview(b"two"))
+        assert sorted(b.flush()) == ["c/aa/1", "c/bb/2"]
+        assert storage.get("c/aa/1") == b"one"
+        b.put("c/aa/3", b"three")
+        b.keep("c/aa/1")
+    assert storage.get("c/aa/3") == b"three" and storage.get("c/bb/2") == b"two"
+    assert sorted(storage.list()) == ["c/aa/1", "c/aa/3", "c/bb/2"]
+
+
+def test_failed_batch_leaves_no_partial_object_or_temporary(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(RuntimeError), storage.batch() as b:
+        b.put("c/aa/kept", b"flushed")
+        b.flush()
+        b.put("c/aa/dropped", b"not flushed")
+        raise RuntimeError("take failed")
+    assert list(storage.list()) == ["c/aa/kept"]
+    assert [p.name for p in tmp_path.rglob(".tmp-*")] == []
+
+
+def test_local_batch_enospc_maps_to_storage_full_and_leaves_no_temp(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with mock.patch("vmbackup.storage.local.os.fsync", fsync), pytest.raises(StorageFull), storage.batch() as b:
+        b.put("c/aa/k", b"data")
+        b.flush()
+    assert list(storage.list()) == []
+    assert [p.name for p in tmp_path.rglob(".tmp-*")] == []
