@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # How long a verified Basic credential is trusted without re-running the password hash.
     auth_cache_seconds: int = Field(default=300, ge=0, le=86400)
+    # Failed logins allowed per minute, per login and per client address, before 429 (0: no limit).
+    login_failures_per_minute: int = Field(default=10, ge=0, le=100_000)
+    # Directories (or single device nodes) disk images may live in, compared after resolving symlinks; given as
+    # one string separated by "," or os.pathsep. Empty: no restriction (as before this setting existed).
+    image_roots: tuple[Path, ...] = ()
     # argon2 cost; lowered only by the test suite, never below OWASP's minimum for argon2id (19 MiB, t=2).
     password_memory_kib: int = Field(default=65536, ge=19456)
     password_time_cost: int = Field(default=3, ge=2)
@@ -57,6 +62,21 @@ class Settings(BaseSettings):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"must be HOST:PORT, got {v!r}")
+        return v
+
+    @field_validator("image_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.replace(os.pathsep, ",").split(",") if p.strip())
+        return v
+
+    @field_validator("image_roots")
+    @classmethod
+    def _absolute_roots(cls, v: tuple[Path, ...]) -> tuple[Path, ...]:
+        for root in v:
+            if not root.is_absolute() or ".." in root.parts:
+                raise ValueError(f"each root must be an absolute path without '..', got {str(root)!r}")
         return v
 
     @field_validator("database_url")

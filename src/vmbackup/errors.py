@@ -4,6 +4,7 @@
     ├── NotFound          (404, 3)     unknown id, or an object the caller may not see
     ├── Forbidden         (403, 4)     caller is known but not allowed
     ├── Unauthorized      (401, 5)     no or bad credentials
+    ├── TooManyAttempts   (429, 7)     too many failed logins from this client or for this login; retry later
     ├── Invalid           (422, 2)     bad parameters; may carry per-field messages
     ├── Conflict          (422, 6)     the object's state forbids the action (locked, unbuilt, booted...)
     └── EngineError       (422, 10)    the backup engine refused or failed
@@ -51,6 +52,17 @@ class Unauthorized(VmbackupError):
 
     status = 401
     exit_code = 5
+
+
+class TooManyAttempts(VmbackupError):
+    """Too many failed login attempts; try again later."""
+
+    status = 429
+    exit_code = 7
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
 
 
 class Invalid(VmbackupError):

@@ -35,7 +35,8 @@ from vmbackup.jobs.procrastinate_queue import ProcrastinateQueue, ProcrastinateR
 from vmbackup.jobs.queue import JobQueue
 from vmbackup.jobs.scheduler import make_scheduler
 from vmbackup.jobs.worker import Worker
-from vmbackup.services.auth import Authenticator
+from vmbackup.services import machines
+from vmbackup.services.auth import Authenticator, LoginThrottle
 from vmbackup.services.bootstrap import first_start
 
 log = logging.getLogger("vmbackup")
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     # start-up at once with its reason, and tests get a ready app without running the lifespan.
     upgrade(engine)
     sessions = make_session_factory(engine)
+    machines.bind_image_roots(sessions, settings.image_roots)
     with sessions() as db:
         generated = first_start(
             db,
@@ -111,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = sessions
     app.state.auth = auth
+    app.state.throttle = LoginThrottle(max_failures=settings.login_failures_per_minute, window=60.0)
     app.state.worker, app.state.queue = _delivery(settings, engine, sessions)
     # SQLite: the embedded scheduler thread runs in every `serve`. PostgreSQL: it runs as procrastinate periodic
     # tasks inside the workers (see jobs/procrastinate_queue.py).

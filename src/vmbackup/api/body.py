@@ -42,6 +42,16 @@ def _depth(value: Any, level: int = 0) -> int:
 _XML_TYPES = {"integer", "boolean", "float", "decimal", "datetime", "array", "symbol", "string", "dateTime"}
 
 
+def _xml_depth(root: Any) -> int:
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        el, level = stack.pop()
+        deepest = max(deepest, level)
+        if level <= MAX_DEPTH:
+            stack.extend((child, level + 1) for child in el)
+    return deepest
+
+
 def _from_xml_element(el: Any) -> Any:
     if el.get("nil") == "true":
         return None
@@ -66,9 +76,12 @@ def parse(raw: bytes, content_type: str) -> Any:
     looks_xml = "xml" in content_type or raw.lstrip().startswith(b"<")
     if looks_xml:
         try:
-            root = fromstring(raw)
-        except (ParseError, DefusedXmlException) as exc:
+            # No client needs a DTD; refusing them all also rules out entity tricks defusedxml would catch later.
+            root = fromstring(raw, forbid_dtd=True)
+        except (ParseError, DefusedXmlException, LookupError) as exc:  # LookupError: unknown declared encoding
             raise Invalid(f"Malformed XML body: {exc}") from None
+        if _xml_depth(root) > MAX_DEPTH:  # before the recursive conversion, which deep nesting would overflow
+            raise Invalid(f"Body nested deeper than {MAX_DEPTH} levels")
         value = {root.tag: _from_xml_element(root)}
     else:
         try:

@@ -11,17 +11,17 @@ from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from vmbackup.api import formats
 from vmbackup.db.models import Transaction, User
 from vmbackup.db.queries import users as user_queries
-from vmbackup.errors import Unauthorized
+from vmbackup.errors import TooManyAttempts, Unauthorized
 from vmbackup.jobs.queue import JobQueue
 from vmbackup.services.access import require_admin
-from vmbackup.services.auth import Authenticator
+from vmbackup.services.auth import Authenticator, LoginThrottle
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -30,6 +30,11 @@ def get_db(request: Request) -> Iterator[Session]:
 
 
 DbDep = Annotated[Session, Depends(get_db)]
+
+# Ids are 32-bit integer columns (PostgreSQL ``integer``): a path id outside 1..2**31-1 names no object, so it is a
+# 404 (see api/errors.py) before it reaches a query, where SQLite or PostgreSQL would overflow with a 500.
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @lru_cache(maxsize=512)
@@ -51,14 +56,30 @@ def _credentials(request: Request) -> tuple[str, str]:
     return login, secret
 
 
+def _client_address(request: Request) -> str:
+    # The peer address; behind a reverse proxy, uvicorn's --forwarded-allow-ips makes it the real client's.
+    return request.client.host if request.client else ""
+
+
 def authenticate(request: Request, db: Session) -> User:
     login, secret = _credentials(request)
     auth: Authenticator = request.app.state.auth
+    throttle: LoginThrottle = request.app.state.throttle
     user = user_queries.by_login_or_email(db, login)
+    # Per account (whether named by login or email), else per name tried; and per client address.
+    keys = (f"user:{user.id}" if user else f"login:{login.casefold()}", f"ip:{_client_address(request)}")
+    wait = throttle.retry_after(*keys)
+    if wait:
+        # Throttled: no password is checked (not even against the cache), only an API key, which cannot be guessed.
+        if user is not None and user.status == "active" and auth.is_api_key(user, secret):
+            return user
+        raise TooManyAttempts(wait)
     if user is None:
         auth.burn()
+        throttle.failed(*keys)
         raise Unauthorized()
     if user.status != "active" or not auth.check(user, login, secret):
+        throttle.failed(*keys)
         raise Unauthorized()
     return user
 

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from vmbackup.api import formats
-from vmbackup.errors import Unauthorized, VmbackupError
+from vmbackup.errors import TooManyAttempts, Unauthorized, VmbackupError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,8 @@ def _fmt(request: Request) -> str:
 def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, VmbackupError)
     headers = {"WWW-Authenticate": 'Basic realm="vmbackup"'} if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, TooManyAttempts):
+        headers = {"Retry-After": str(exc.retry_after)}
     messages = exc.fields if exc.fields else [exc.message]
     return formats.errors(_fmt(request), exc.status, messages, headers)
 

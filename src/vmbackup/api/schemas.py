@@ -217,7 +217,7 @@ class ScheduleUpdate(InputModel):
     duration: Count = unchanged()
     period: Period = unchanged()
     rotation_period: Count = unchanged()
-    start_at: AwareDatetime = unchanged()
+    start_at: AwareDatetime | None = None  # null: start now
     status: Literal["enabled", "disabled"] = unchanged()
 
 

@@ -39,9 +39,16 @@ def list_backups(damaged: bool, as_json: bool) -> None:
         if damaged:
             q = q.where(Backup.integrity == "damaged")
         rows = [
-            {"id": b.id, "identifier": b.identifier, "backup_type": b.backup_type, "built": b.built,
-             "backup_size_kb": b.backup_size, "integrity": b.integrity,
-             "verified_at": b.verified_at.isoformat() if b.verified_at else None, "problems": b.integrity_log}
+            {
+                "id": b.id,
+                "identifier": b.identifier,
+                "backup_type": b.backup_type,
+                "built": b.built,
+                "backup_size_kb": b.backup_size,
+                "integrity": b.integrity,
+                "verified_at": b.verified_at.isoformat() if b.verified_at else None,
+                "problems": b.integrity_log,
+            }
             for b in db.scalars(q)
         ]
     if as_json:
@@ -49,8 +56,10 @@ def list_backups(damaged: bool, as_json: bool) -> None:
         return
     click.echo(f"{'id':>6}  {'identifier':14}  {'type':11}  {'built':5}  {'kB':>10}  {'integrity':9}  verified at")
     for r in rows:
-        click.echo(f"{r['id']:>6}  {r['identifier']:14}  {r['backup_type']:11}  {str(r['built']).lower():5}  "
-                   f"{r['backup_size_kb']:>10}  {r['integrity'] or '-':9}  {r['verified_at'] or 'never'}")
+        click.echo(
+            f"{r['id']:>6}  {r['identifier']:14}  {r['backup_type']:11}  {str(r['built']).lower():5}  "
+            f"{r['backup_size_kb']:>10}  {r['integrity'] or '-':9}  {r['verified_at'] or 'never'}"
+        )
         if r["problems"]:
             for line in r["problems"].splitlines():
                 click.echo(f"        {line}")

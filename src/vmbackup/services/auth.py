@@ -5,6 +5,10 @@ and its value records which stored credential verified it (a fingerprint of the 
 hash). A hit is honoured only while the user's current row still has that fingerprint, so changing the password,
 regenerating the API key or deleting the user invalidates every cached entry at once; entries also expire after
 ``ttl`` seconds. Plain secrets are never kept in memory beyond the request.
+
+Guessing is rate limited by ``LoginThrottle``: failed logins are counted per login and per client address, and past
+the limit the caller gets 429 with Retry-After. While throttled only API keys are checked (160 random bits, not
+guessable at any rate), so automation keeps working while someone hammers the password of its login.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -77,8 +83,12 @@ class Authenticator:
                     self._cache.popitem(last=False)
         return True
 
+    def is_api_key(self, user: User, secret: str) -> bool:
+        """True when ``secret`` is the user's API key (one SHA-256 and a constant-time comparison)."""
+        return bool(user.api_key_hash) and hmac.compare_digest(user.api_key_hash, hash_api_key(secret))
+
     def _verify(self, user: User, secret: str) -> bool:
-        if user.api_key_hash and hmac.compare_digest(user.api_key_hash, hash_api_key(secret)):
+        if self.is_api_key(user, secret):
             return True
         try:
             return self._hasher.verify(user.password_hash, secret)
@@ -91,3 +101,62 @@ class Authenticator:
             self._dummy = self._hasher.hash(secrets.token_hex(8))
         with contextlib.suppress(VerificationError):
             self._hasher.verify(self._dummy, "x")
+
+
+class LoginThrottle:
+    """Failed logins counted per key (a login, a client address) over a sliding window.
+
+    A key with ``max_failures`` failures inside the last ``window`` seconds is throttled until the oldest of them
+    leaves the window. Only failures are recorded, so a client that signs in correctly pays one dictionary look-up
+    and is never slowed. Memory is bounded: at most ``max_keys`` keys are tracked, the least recently failed ones
+    being forgotten first (an attacker spraying random logins can push out its own entries, not gain guesses: the
+    per-address key still counts every one of its failures). ``max_failures`` 0 turns throttling off.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = 10,
+        window: float = 60.0,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max = max_failures
+        self._window = window
+        self._max_keys = max_keys
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, *keys: str) -> int:
+        """0 if none of ``keys`` is throttled, else whole seconds until all of them may try again."""
+        if self._max <= 0:
+            return 0
+        now = self._clock()
+        wait = 0.0
+        with self._lock:
+            for key in keys:
+                times = self._failures.get(key)
+                if times is None:
+                    continue
+                self._expire(times, now)
+                if len(times) >= self._max:
+                    wait = max(wait, times[-self._max] + self._window - now)
+        return math.ceil(wait) if wait > 0 else 0
+
+    def failed(self, *keys: str) -> None:
+        if self._max <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            for key in keys:
+                times = self._failures.setdefault(key, deque(maxlen=self._max))
+                self._expire(times, now)
+                times.append(now)
+                self._failures.move_to_end(key)
+            while len(self._failures) > self._max_keys:
+                self._failures.popitem(last=False)
+
+    def _expire(self, times: deque[float], now: float) -> None:
+        while times and times[0] <= now - self._window:
+            times.popleft()

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from vmbackup.db.base import Base
 from vmbackup.db.models import AutobackupPreset, BackupServer, BackupServerZone, DataStore, ImageTemplate, User
 from vmbackup.db.queries import common, inventory
-from vmbackup.errors import Conflict, Invalid
+from vmbackup.errors import Conflict, Invalid, NotFound
 from vmbackup.services.access import apply, find, require_admin
 
 T = TypeVar("T", bound=Base)
@@ -24,16 +24,26 @@ LABELS: dict[type[Base], str] = {
 }
 
 
+def _visible(actor: User, obj: Base) -> bool:
+    # Every user may see the system templates VMs are built from; a template converted from a backup belongs to
+    # the backup's owner (OnApp's "user templates"), and someone else's answers like a missing one.
+    owner = getattr(obj, "user_id", None) if isinstance(obj, ImageTemplate) else None
+    return actor.is_admin or owner is None or owner == actor.id
+
+
 def list_all(db: Session, actor: User, model: type[T]) -> list[T]:
-    if model is not ImageTemplate:  # every user may see the templates VMs are built from
+    if model is not ImageTemplate:
         require_admin(actor)
-    return common.all_of(db, model)
+    return [obj for obj in common.all_of(db, model) if _visible(actor, obj)]
 
 
 def get(db: Session, actor: User, model: type[T], id_: int) -> T:
     if model is not ImageTemplate:
         require_admin(actor)
-    return find(db, model, id_, LABELS[model])
+    obj = find(db, model, id_, LABELS[model])
+    if not _visible(actor, obj):
+        raise NotFound(f"{LABELS[model]} not found")
+    return obj
 
 
 def create(db: Session, actor: User, model: type[T], data: dict[str, Any]) -> T:

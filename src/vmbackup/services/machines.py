@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup.db.models import DataStore, Disk, ImageTemplate, User, VirtualMachine
 from vmbackup.db.queries import inventory
@@ -74,19 +77,61 @@ def get_disk(db: Session, actor: User, disk_id: int) -> Disk:
     return find_owned(db, actor, Disk, disk_id, "Disk", owner_id=lambda d: d.virtual_machine.user_id)
 
 
-def _check_image_path(path: str | None) -> None:
-    if path is None:
-        return
+_IMAGE_ROOTS = "vmbackup.image_roots"  # key in Session.info
+
+
+def bind_image_roots(sessions: sessionmaker[Session], roots: Sequence[Path]) -> None:
+    """Make every session of ``sessions`` check disk image paths against ``roots`` (settings.image_roots).
+
+    Carried by the sessions rather than passed to each call, so the worker's tasks re-check paths with the same
+    policy as the API without a global setting."""
+    sessions.configure(info={_IMAGE_ROOTS: tuple(roots)})
+
+
+def image_roots(db: Session) -> tuple[Path, ...]:
+    return tuple(db.info.get(_IMAGE_ROOTS, ()))
+
+
+def _under(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def image_path_problem(path: str, roots: Sequence[Path]) -> str | None:
+    """Why ``path`` may not be a disk image, or None. With ``roots``, the path as written and the path with every
+    symlink resolved must both lie in a root (so a link planted in an image directory cannot point a restore at
+    /etc/shadow or /dev/sda). No roots: any absolute path, as before VMBACKUP_IMAGE_ROOTS existed."""
     p = Path(path)
     if not p.is_absolute() or ".." in p.parts:
-        raise Invalid(fields={"image_path": ["must be an absolute path without '..'"]})
+        return "must be an absolute path without '..'"
+    if not roots:
+        return None
+    shown = ", ".join(str(r) for r in roots)
+    if not _under(Path(os.path.normpath(p)), roots):
+        return f"must be inside an allowed image root ({shown})"
+    real = Path(os.path.realpath(p))
+    if _under(real, [Path(os.path.realpath(r)) for r in roots]):
+        return None
+    try:
+        block = stat.S_ISBLK(os.stat(real).st_mode)
+    except OSError:
+        block = False
+    kind = "a block device" if block else "a symlink"
+    return f"is {kind} resolving to {real}, outside the allowed image roots ({shown})"
+
+
+def _check_image_path(db: Session, path: str | None) -> None:
+    if path is None:
+        return
+    problem = image_path_problem(path, image_roots(db))
+    if problem:
+        raise Invalid(fields={"image_path": [problem]})
 
 
 def create_disk(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> Disk:
     require_admin(actor)
     find(db, VirtualMachine, vm_id, "VirtualMachine")
     _check_refs(db, data)
-    _check_image_path(data.get("image_path"))
+    _check_image_path(db, data.get("image_path"))
     disk = Disk(virtual_machine_id=vm_id, **data)
     db.add(disk)
     db.commit()
@@ -97,7 +142,7 @@ def update_disk(db: Session, actor: User, disk_id: int, data: dict[str, Any]) ->
     require_admin(actor)
     disk = get_disk(db, actor, disk_id)
     _check_refs(db, data)
-    _check_image_path(data.get("image_path"))
+    _check_image_path(db, data.get("image_path"))
     apply(disk, data)
     db.commit()
 

@@ -7,6 +7,7 @@ a long backup never holds a database lock. ``fail`` undoes the request's locks a
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -17,9 +18,9 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, VirtualMachine
-from vmbackup.engine import Engine, Stats
-from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing
-from vmbackup.services import autobackups
+from vmbackup.engine import Engine, Stats, gc
+from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing, TargetInvalid
+from vmbackup.services import autobackups, machines
 from vmbackup.storage.local import LocalStorage
 
 Log = Callable[[str], None]
@@ -80,10 +81,15 @@ def _load(sessions: Sessions, tx: Transaction) -> tuple[Backup, BackupServer]:
         return backup, server
 
 
-def _mark_built(sessions: Sessions, backup_id: int, stats: Stats) -> None:
+def _mark_built(sessions: Sessions, backup_id: int, stats: Stats, tx_id: int) -> None:
     with sessions() as db:
         backup = db.get(Backup, backup_id)
         assert backup is not None
+        tx = db.get(Transaction, tx_id)
+        if tx is None or tx.status != "running":
+            # Recovered as failed while this worker was stalled (`executor.recover`): its locks are released and
+            # its data may be removed by now, so it must not become built.
+            raise Conflict(f"transaction {tx_id} was ended by recovery while it ran; the backup is not built")
         backup.built, backup.built_at, backup.locked = True, _now(), False
         backup.backup_size = _kib(stats.new_bytes_stored)
         backup.logical_size = stats.logical_bytes
@@ -93,6 +99,11 @@ def _mark_built(sessions: Sessions, backup_id: int, stats: Stats) -> None:
 def _image_of(disk: Disk | None, disk_id: int) -> str:
     if disk is None or not disk.image_path:
         raise SourceMissing(f"disk {disk_id} no longer exists or has no image path")
+    # Checked again now, not only when registered: a symlink on the path may have been re-pointed since.
+    db = Session.object_session(disk)
+    problem = machines.image_path_problem(disk.image_path, machines.image_roots(db) if db else ())
+    if problem:
+        raise TargetInvalid(f"disk {disk_id} image path {disk.image_path} refused: it {problem}")
     return disk.image_path
 
 
@@ -102,7 +113,7 @@ def take_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
         path = _image_of(db.get(Disk, tx.params["disk_id"]), tx.params["disk_id"])
     log(f"Taking normal backup {backup.identifier} of disk {backup.disk_id} ({path}) on backup server {server.label!r}")
     stats = engine_for(server).take_normal(backup.identifier, path, _progress(log))
-    _mark_built(sessions, backup.id, stats)
+    _mark_built(sessions, backup.id, stats, tx.id)
     log(f"Backup built: {_describe(stats)}")
     _rotate(sessions, backup.id, tx, log)
 
@@ -116,7 +127,7 @@ def take_incremental_backup(sessions: Sessions, tx: Transaction, log: Log) -> No
         + ", ".join(f"{k} ({p})" for k, p in disks.items())
     )
     stats = engine_for(server).take_incremental(backup.identifier, disks, _progress(log))
-    _mark_built(sessions, backup.id, stats)
+    _mark_built(sessions, backup.id, stats, tx.id)
     log(f"Backup built: {_describe(stats)}")
     _rotate(sessions, backup.id, tx, log)
 
@@ -131,7 +142,7 @@ def _restore_targets(db: Session, backup: Backup, log: Log) -> dict[str, str] | 
     if backup.disk_id is not None:
         return _image_of(db.get(Disk, backup.disk_id), backup.disk_id)
     vm = db.get(VirtualMachine, backup.virtual_machine_id)
-    targets = {disk_key(d.id): d.image_path for d in (vm.disks if vm else []) if d.image_path}
+    targets = {disk_key(d.id): _image_of(d, d.id) for d in (vm.disks if vm else []) if d.image_path}
     if not targets:
         raise SourceMissing("the virtual machine has no disk with an image path to restore to")
     return targets
@@ -206,6 +217,39 @@ def destroy_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
             db.commit()
 
 
+def _settle_stored(sessions: Sessions, tx: Transaction) -> None:
+    """Make the stored data agree with the database after a take or delete that did not finish (killed worker).
+
+    A take killed after its manifest or meta was written but before the backup was marked built left a complete
+    backup no row calls built: it is removed, or it would hold its space forever; so are the chunks a failed
+    incremental take had already stored (a full storage must not stay full of them). A delete killed after the backup's
+    manifest or meta was removed left a built row over no data: the row goes too (the delete had taken effect)."""
+    try:
+        backup, server = _load(sessions, tx)
+    except Conflict:
+        return
+    engine = engine_for(server)
+    try:
+        if tx.action == "destroy_backup":
+            try:
+                engine.kind_of(backup.identifier)
+            except BackupMissing:
+                with sessions() as db:
+                    row = db.get(Backup, backup.id)
+                    if row is not None:
+                        db.delete(row)
+                        db.commit()
+        elif not backup.built:
+            with contextlib.suppress(BackupMissing):
+                engine.delete(backup.identifier)
+            if tx.action == "take_incremental_backup":
+                # Chunks it had flushed before failing (storage full, say) are referenced by no manifest: free them
+                # now, or deferred to the next take if one holds the store (the engine's `gc-pending` protocol).
+                gc.collect(engine.storage, engine.chunks, blocking=False)
+    except Exception:  # storage unreachable: the locks are released already; a later delete can finish the job
+        logging.getLogger(__name__).warning("could not settle the stored data of transaction %s", tx.id, exc_info=True)
+
+
 def _unlock(sessions: Sessions, backup_id: int, vm_id: int | None = None) -> None:
     with sessions() as db:
         backup = db.get(Backup, backup_id)
@@ -222,6 +266,8 @@ def fail(sessions: Sessions, tx: Transaction) -> None:
     removed. Stored data needs no undo: the engine writes atomically and ``Engine.recover`` clears leftovers."""
     vm_id = tx.associated_object_id if tx.action == "restore_backup" else None
     _unlock(sessions, tx.parent_id, vm_id)
+    if tx.action in ("take_backup", "take_incremental_backup", "destroy_backup"):
+        _settle_stored(sessions, tx)
     if tx.action in ("take_backup", "take_incremental_backup"):
         autobackups.after_backup(sessions, tx.parent_id, False, tx.id)
     if tx.action == "convert_backup":

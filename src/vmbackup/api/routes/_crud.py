@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from vmbackup.api import formats
 from vmbackup.api.body import InputModel, body, openapi_body
-from vmbackup.api.deps import AdminCtx, Ctx
+from vmbackup.api.deps import AdminCtx, Ctx, Id
 from vmbackup.db.base import Base
 from vmbackup.services import catalog
 
@@ -29,14 +29,14 @@ def add_crud_routes(
     def create_one(ctx: AdminCtx, data: Annotated[Any, body(root, create)]) -> Response:
         return ctx.one(root, present(catalog.create(ctx.db, ctx.user, model, data.model_dump())), 201)
 
-    def get_one(id: int, ctx: Ctx) -> Response:
+    def get_one(id: Id, ctx: Ctx) -> Response:
         return ctx.one(root, present(catalog.get(ctx.db, ctx.user, model, id)))
 
-    def update_one(id: int, ctx: AdminCtx, data: Annotated[Any, body(root, update)]) -> Response:
+    def update_one(id: Id, ctx: AdminCtx, data: Annotated[Any, body(root, update)]) -> Response:
         catalog.update(ctx.db, ctx.user, model, id, data.model_dump(exclude_unset=True))
         return formats.no_content()
 
-    def delete_one(id: int, ctx: Ctx) -> Response:
+    def delete_one(id: Id, ctx: Ctx) -> Response:
         catalog.delete(ctx.db, ctx.user, model, id)
         return formats.no_content()
 

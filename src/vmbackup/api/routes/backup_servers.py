@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from vmbackup.api import presenters
-from vmbackup.api.deps import AdminCtx
+from vmbackup.api.deps import AdminCtx, Id
 from vmbackup.api.routes._crud import add_crud_routes
 from vmbackup.api.schemas import BackupServerCreate, BackupServerUpdate
 from vmbackup.db.models import BackupServer
@@ -15,7 +15,7 @@ add_crud_routes(router, "backup_server", BackupServer, presenters.backup_server,
 
 
 @router.get("/{server_id}/backups_search")
-def backups_search(server_id: int, request: Request, ctx: AdminCtx) -> Response:
+def backups_search(server_id: Id, request: Request, ctx: AdminCtx) -> Response:
     """Rails-style nested query: ``size[from]``, ``size[to]`` (kB), ``period[startdate]``, ``period[enddate]``."""
     params = request.query_params
     found = backups.search(

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from vmbackup.api import formats, presenters
 from vmbackup.api.body import body, openapi_body
-from vmbackup.api.deps import Ctx
+from vmbackup.api.deps import Ctx, Id
 from vmbackup.api.schemas import ScheduleCreate, ScheduleUpdate
 from vmbackup.services import schedules
 
@@ -32,12 +32,12 @@ def list_schedules(ctx: Ctx) -> Response:
 
 
 @router.get("/settings/disks/{disk_id}/schedules")
-def list_disk_schedules(disk_id: int, ctx: Ctx) -> Response:
+def list_disk_schedules(disk_id: Id, ctx: Ctx) -> Response:
     return _list(ctx, schedules.list_schedules(ctx.db, ctx.user, "Disk", disk_id))
 
 
 @router.get("/virtual_machines/{vm_id}/schedules")
-def list_vm_schedules(vm_id: int, ctx: Ctx) -> Response:
+def list_vm_schedules(vm_id: Id, ctx: Ctx) -> Response:
     return _list(ctx, schedules.list_schedules(ctx.db, ctx.user, "VirtualMachine", vm_id))
 
 
@@ -57,20 +57,20 @@ def create_schedule(
 
 @router.post("/settings/disks/{disk_id}/schedules", status_code=201, openapi_extra=openapi_body(ROOT, ScheduleCreate))
 def create_disk_schedule(
-    disk_id: int, request: Request, ctx: Ctx, data: Annotated[ScheduleCreate, body(ROOT, ScheduleCreate)]
+    disk_id: Id, request: Request, ctx: Ctx, data: Annotated[ScheduleCreate, body(ROOT, ScheduleCreate)]
 ) -> Response:
     return _create(ctx, request, data, target_type="Disk", target_id=disk_id)
 
 
 @router.post("/virtual_machines/{vm_id}/schedules", status_code=201, openapi_extra=openapi_body(ROOT, ScheduleCreate))
 def create_vm_schedule(
-    vm_id: int, request: Request, ctx: Ctx, data: Annotated[ScheduleCreate, body(ROOT, ScheduleCreate)]
+    vm_id: Id, request: Request, ctx: Ctx, data: Annotated[ScheduleCreate, body(ROOT, ScheduleCreate)]
 ) -> Response:
     return _create(ctx, request, data, target_type="VirtualMachine", target_id=vm_id)
 
 
 @router.get("/settings/schedules/{schedule_id}")
-def get_schedule(schedule_id: int, ctx: Ctx) -> Response:
+def get_schedule(schedule_id: Id, ctx: Ctx) -> Response:
     schedule = schedules.get_schedule(ctx.db, ctx.user, schedule_id)
     logs = [
         {"schedule_log": presenters.schedule_log(x)} for x in schedules.schedule_logs(ctx.db, ctx.user, schedule_id)
@@ -79,7 +79,7 @@ def get_schedule(schedule_id: int, ctx: Ctx) -> Response:
 
 
 @router.get("/settings/schedules/{schedule_id}/schedule_logs")
-def list_schedule_logs(schedule_id: int, ctx: Ctx) -> Response:
+def list_schedule_logs(schedule_id: Id, ctx: Ctx) -> Response:
     return ctx.many(
         "schedule_log", map(presenters.schedule_log, schedules.schedule_logs(ctx.db, ctx.user, schedule_id))
     )
@@ -87,13 +87,13 @@ def list_schedule_logs(schedule_id: int, ctx: Ctx) -> Response:
 
 @router.put("/settings/schedules/{schedule_id}", status_code=204, openapi_extra=openapi_body(ROOT, ScheduleUpdate))
 def update_schedule(
-    schedule_id: int, request: Request, ctx: Ctx, data: Annotated[ScheduleUpdate, body(ROOT, ScheduleUpdate)]
+    schedule_id: Id, request: Request, ctx: Ctx, data: Annotated[ScheduleUpdate, body(ROOT, ScheduleUpdate)]
 ) -> Response:
     schedules.update_schedule(ctx.db, ctx.user, schedule_id, data.model_dump(exclude_unset=True), _periods(request))
     return formats.no_content()
 
 
 @router.delete("/settings/schedules/{schedule_id}", status_code=204)
-def delete_schedule(schedule_id: int, ctx: Ctx) -> Response:
+def delete_schedule(schedule_id: Id, ctx: Ctx) -> Response:
     schedules.delete_schedule(ctx.db, ctx.user, schedule_id)
     return formats.no_content()

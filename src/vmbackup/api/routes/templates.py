@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from vmbackup.api import presenters
 from vmbackup.api.body import body, openapi_body
-from vmbackup.api.deps import AdminCtx, Ctx
+from vmbackup.api.deps import AdminCtx, Ctx, Id
 from vmbackup.api.schemas import TemplateCreate
 from vmbackup.db.models import ImageTemplate
 from vmbackup.services import catalog
@@ -27,5 +27,5 @@ def create_template(ctx: AdminCtx, data: Annotated[TemplateCreate, body("image_t
 
 
 @router.get("/templates/{template_id}")
-def get_template(template_id: int, ctx: Ctx) -> Response:
+def get_template(template_id: Id, ctx: Ctx) -> Response:
     return ctx.one("image_template", presenters.template(catalog.get(ctx.db, ctx.user, ImageTemplate, template_id)))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from vmbackup.api import presenters
-from vmbackup.api.deps import Ctx
+from vmbackup.api.deps import Ctx, Id
 from vmbackup.services import transactions
 
 router = APIRouter(tags=["transactions"])
@@ -65,10 +65,10 @@ def list_transactions_per_page(per_page: int, ctx: Ctx, p: PagingDep) -> Respons
 
 
 @router.get("/virtual_machines/{vm_id}/transactions")
-def list_vm_transactions(vm_id: int, ctx: Ctx, p: PagingDep) -> Response:
+def list_vm_transactions(vm_id: Id, ctx: Ctx, p: PagingDep) -> Response:
     return _list(ctx, p, vm_id)
 
 
 @router.get("/transactions/{tx_id}")
-def get_transaction(tx_id: int, ctx: Ctx) -> Response:
+def get_transaction(tx_id: Id, ctx: Ctx) -> Response:
     return ctx.one(ROOT, presenters.transaction(transactions.get(ctx.db, ctx.user, tx_id), log=True))

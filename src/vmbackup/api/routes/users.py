@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from vmbackup.api import formats, presenters
 from vmbackup.api.body import body, openapi_body
-from vmbackup.api.deps import AdminCtx, AuthDep, Ctx
+from vmbackup.api.deps import AdminCtx, AuthDep, Ctx, Id
 from vmbackup.api.schemas import UserCreate, UserUpdate
 from vmbackup.services import users
 
@@ -26,26 +26,26 @@ def create_user(ctx: AdminCtx, auth: AuthDep, data: Annotated[UserCreate, body("
 
 
 @router.get("/users/{user_id}")
-def get_user(user_id: int, ctx: Ctx) -> Response:
+def get_user(user_id: Id, ctx: Ctx) -> Response:
     return ctx.one("user", presenters.user(users.get_user(ctx.db, ctx.user, user_id)))
 
 
 @router.put("/users/{user_id}", status_code=204, openapi_extra=openapi_body("user", UserUpdate))
 def update_user(
-    user_id: int, ctx: Ctx, auth: AuthDep, data: Annotated[UserUpdate, body("user", UserUpdate)]
+    user_id: Id, ctx: Ctx, auth: AuthDep, data: Annotated[UserUpdate, body("user", UserUpdate)]
 ) -> Response:
     users.update_user(ctx.db, ctx.user, auth, user_id, data.model_dump(exclude_unset=True))
     return formats.no_content()
 
 
 @router.delete("/users/{user_id}", status_code=204)
-def delete_user(user_id: int, ctx: Ctx) -> Response:
+def delete_user(user_id: Id, ctx: Ctx) -> Response:
     users.delete_user(ctx.db, ctx.user, user_id)
     return formats.no_content()
 
 
 @router.post("/users/{user_id}/make_new_api_key", status_code=200)
-def make_new_api_key(user_id: int, ctx: Ctx) -> Response:
+def make_new_api_key(user_id: Id, ctx: Ctx) -> Response:
     user, key = users.make_api_key(ctx.db, ctx.user, user_id)
     # The only time the key is shown: it is stored hashed.
     return ctx.one("user", {**presenters.user(user), "api_key": key})

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from vmbackup.api import formats, presenters
 from vmbackup.api.body import body, openapi_body
-from vmbackup.api.deps import AdminCtx, Ctx
+from vmbackup.api.deps import AdminCtx, Ctx, Id
 from vmbackup.api.schemas import VirtualMachineCreate, VirtualMachineUpdate
 from vmbackup.services import machines
 
@@ -21,7 +21,7 @@ def list_vms(ctx: Ctx) -> Response:
 
 
 @router.get("/users/{user_id}/virtual_machines")
-def list_user_vms(user_id: int, ctx: Ctx) -> Response:
+def list_user_vms(user_id: Id, ctx: Ctx) -> Response:
     return ctx.many(ROOT, map(presenters.virtual_machine, machines.list_vms(ctx.db, ctx.user, owner_id=user_id)))
 
 
@@ -31,19 +31,19 @@ def create_vm(ctx: AdminCtx, data: Annotated[VirtualMachineCreate, body(ROOT, Vi
 
 
 @router.get("/virtual_machines/{vm_id}")
-def get_vm(vm_id: int, ctx: Ctx) -> Response:
+def get_vm(vm_id: Id, ctx: Ctx) -> Response:
     return ctx.one(ROOT, presenters.virtual_machine(machines.get_vm(ctx.db, ctx.user, vm_id)))
 
 
 @router.put("/virtual_machines/{vm_id}", status_code=204, openapi_extra=openapi_body(ROOT, VirtualMachineUpdate))
 def update_vm(
-    vm_id: int, ctx: AdminCtx, data: Annotated[VirtualMachineUpdate, body(ROOT, VirtualMachineUpdate)]
+    vm_id: Id, ctx: AdminCtx, data: Annotated[VirtualMachineUpdate, body(ROOT, VirtualMachineUpdate)]
 ) -> Response:
     machines.update_vm(ctx.db, ctx.user, vm_id, data.model_dump(exclude_unset=True))
     return formats.no_content()
 
 
 @router.delete("/virtual_machines/{vm_id}", status_code=204)
-def delete_vm(vm_id: int, ctx: Ctx) -> Response:
+def delete_vm(vm_id: Id, ctx: Ctx) -> Response:
     machines.delete_vm(ctx.db, ctx.user, vm_id)
     return formats.no_content()
