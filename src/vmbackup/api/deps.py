@@ -115,6 +115,10 @@ class Context:
 
 def get_context(request: Request, db: DbDep) -> Context:
     user = authenticate(request, db)
+    # Hand the connection back before the handler waits for its own thread: holding it across that wait let
+    # requests pile up on pool connections while the threads that could use them waited too (a stall under
+    # ~50 concurrent requests on SQLite, found by bench/api_bench.py). The user stays loaded (no expiry on commit).
+    db.commit()
     return Context(db=db, user=user, fmt=request.state.fmt, tz=_zone(user.time_zone), queue=request.app.state.queue)
 
 

@@ -30,18 +30,15 @@ def _ts(value: datetime, tz: tzinfo) -> str:
     return value.astimezone(tz).replace(microsecond=0).isoformat()
 
 
-def _jsonable(value: Any, tz: tzinfo) -> Any:
-    if isinstance(value, datetime):
-        return _ts(value, tz)
-    if isinstance(value, Mapping):
-        return {k: _jsonable(v, tz) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v, tz) for v in value]
-    return value
-
-
 def to_json(doc: Any, tz: tzinfo) -> bytes:
-    return json.dumps(_jsonable(doc, tz), separators=(",", ":"), ensure_ascii=False).encode()
+    # Datetimes are the only values json cannot encode; a `default` hook formats them as they are met, instead of
+    # copying the whole document first (that copy was most of the time of large listings).
+    def encode(value: Any) -> str:
+        if isinstance(value, datetime):
+            return _ts(value, tz)
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=encode).encode()
 
 
 def _xml_element(name: str, value: Any, tz: tzinfo, indent: int, out: list[str]) -> None:

@@ -5,6 +5,7 @@ Values stay Python values (datetimes included); ``formats`` turns them into JSON
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from vmbackup.db.models import (
@@ -59,13 +60,18 @@ BACKUP_FIELDS = (
 )
 
 
-def backup(b: Backup) -> Fields:
-    out = {name: getattr(b, name, None) for name in BACKUP_FIELDS}
+def backup(b: Backup | Mapping[str, Any]) -> Fields:
+    """From a model or from a listing's plain row (column name -> value)."""
+    row = b if isinstance(b, Mapping) else {name: getattr(b, name, None) for name in (*BACKUP_FIELDS, *_EXTRA)}
+    out = {name: row.get(name) for name in BACKUP_FIELDS}
     out["compatible"] = True
     # Not OnApp fields (clients ignore unknown keys): what the periodic integrity check last found.
-    out["integrity"] = b.integrity
-    out["verified_at"] = b.verified_at
+    for name in _EXTRA:
+        out[name] = row.get(name)
     return out
+
+
+_EXTRA = ("integrity", "verified_at")
 
 
 def user(u: User) -> Fields:

@@ -8,26 +8,30 @@ from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Backup, BackupServer, Disk, User, VirtualMachine
 from vmbackup.db.queries import backups as q
+from vmbackup.db.queries import inventory
 from vmbackup.errors import Invalid, NotFound
 from vmbackup.services.access import find, find_owned, require_admin
-from vmbackup.services.machines import get_disk, get_vm
+from vmbackup.services.machines import get_disk
 
 KINDS = {"all": None, "images": "normal", "files": "incremental"}
 
 
-def list_for_vm(db: Session, actor: User, vm_id: int, kind: str = "all") -> list[Backup]:
-    get_vm(db, actor, vm_id)
+def list_for_vm(db: Session, actor: User, vm_id: int, kind: str = "all") -> list[q.BackupRow]:
+    # Only the owner is needed to check visibility: cheaper than loading the VM (the hot path of the API).
+    owner = inventory.vm_owner(db, vm_id)
+    if owner is None or (not actor.is_admin and owner != actor.id):
+        raise NotFound("VirtualMachine not found")
     return q.for_vm(db, vm_id, KINDS[kind])
 
 
-def list_for_disk(db: Session, actor: User, disk_id: int, vm_id: int | None = None) -> list[Backup]:
+def list_for_disk(db: Session, actor: User, disk_id: int, vm_id: int | None = None) -> list[q.BackupRow]:
     disk = get_disk(db, actor, disk_id)
     if vm_id is not None and disk.virtual_machine_id != vm_id:
         raise NotFound("Disk not found")
     return q.for_disk(db, disk_id)
 
 
-def list_for_user(db: Session, actor: User, user_id: int) -> list[Backup]:
+def list_for_user(db: Session, actor: User, user_id: int) -> list[q.BackupRow]:
     find_owned(db, actor, User, user_id, "User", owner_id=lambda u: u.id)
     return q.for_user(db, user_id)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
@@ -16,7 +17,7 @@ router = APIRouter(tags=["backups"])
 ROOT = "backup"
 
 
-def _list(ctx: Ctx, items: list[Backup]) -> Response:
+def _list(ctx: Ctx, items: Iterable[Backup | Mapping[str, Any]]) -> Response:
     return ctx.many(ROOT, map(presenters.backup, items))
 
 

@@ -1,26 +1,36 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Backup
 
+# Listings return plain rows (column name -> value), not ORM objects: they are only rendered, and building ORM
+# objects was most of the time of a large listing (bench/api_bench.py: 10,000 rows in 254 ms vs 78 ms as rows).
+BackupRow = dict[str, Any]
 
-def for_vm(db: Session, vm_id: int, backup_type: str | None = None) -> list[Backup]:
-    q = select(Backup).where(Backup.virtual_machine_id == vm_id)
+
+def _rows(db: Session, where: Any) -> list[BackupRow]:
+    q = select(Backup.__table__).where(where).order_by(Backup.id)
+    return [dict(row) for row in db.execute(q).mappings()]
+
+
+def for_vm(db: Session, vm_id: int, backup_type: str | None = None) -> list[BackupRow]:
+    where = Backup.virtual_machine_id == vm_id
     if backup_type is not None:
-        q = q.where(Backup.backup_type == backup_type)
-    return list(db.scalars(q.order_by(Backup.id)))
+        where = and_(where, Backup.backup_type == backup_type)
+    return _rows(db, where)
 
 
-def for_disk(db: Session, disk_id: int) -> list[Backup]:
-    return list(db.scalars(select(Backup).where(Backup.disk_id == disk_id).order_by(Backup.id)))
+def for_disk(db: Session, disk_id: int) -> list[BackupRow]:
+    return _rows(db, Backup.disk_id == disk_id)
 
 
-def for_user(db: Session, user_id: int) -> list[Backup]:
-    return list(db.scalars(select(Backup).where(Backup.user_id == user_id).order_by(Backup.id)))
+def for_user(db: Session, user_id: int) -> list[BackupRow]:
+    return _rows(db, Backup.user_id == user_id)
 
 
 def kb_used_per_server(db: Session) -> dict[int, int]:

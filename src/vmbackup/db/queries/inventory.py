@@ -49,3 +49,7 @@ def servers_in_zone(db: Session, zone_id: int) -> int:
 def servers_of_zone(db: Session, zone_id: int) -> list[BackupServer]:
     q = select(BackupServer).where(BackupServer.backup_server_group_id == zone_id).order_by(BackupServer.id)
     return list(db.scalars(q))
+
+
+def vm_owner(db: Session, vm_id: int) -> int | None:
+    return db.scalar(select(VirtualMachine.user_id).where(VirtualMachine.id == vm_id))
