@@ -315,13 +315,7 @@ def _sweep(w: World, every: int) -> dict[str, int]:
     return {**w.figures, "restored": restored}
 
 
-def test_kill_points_ci(world: World) -> None:
-    figures = _sweep(world, every=3)
-    assert figures["fired"] == figures["points"] >= 18
-    assert figures["built_over_partial"] == figures["temp_files_left"] == figures["orphans_left"] == 0
-
-
-@pytest.mark.slow
+# The whole sweep runs in CI (about a minute): the reliability issue asks for at least 50 points in the CI suite.
 def test_kill_points_full_sweep(world: World) -> None:
     figures = _sweep(world, every=1)
     assert figures["fired"] == figures["points"] == sum(len(p) for p in SWEEP.values())
