@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint bench clean
+.PHONY: run test test-slow load lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)  ## the whole test suite (SQLite and PostgreSQL), then lint
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+load: $(STAMP)  ## 200 concurrent clients for 60 s against `vmbackup serve` while backups and restores run
+	$(BIN)/python -m pytest -q -s -m slow tests/load
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
