@@ -41,7 +41,7 @@ BLOCK = 4096
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 VMBACKUP = str(VENV_BIN / "vmbackup")
-CHUNK = 1 << 20  # vmbackup's incremental chunk size (engine/chunker.py CHUNK_SIZE)
+CHUNK = 1 << 20  # the old 1 MiB chunk size: the change is reported in 1 MiB chunks touched (comparable across runs)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -875,8 +875,11 @@ def bounds(res: dict[str, Any]) -> dict[str, Any]:
     put(
         "vm_normal_restore",
         {
-            "unzstd + BLAKE3, 1 core (one stream)": sec(restored, lim["unzstd_data_MBps"])
-            + sec(restored, lim["blake3_1core_MBps"]),
+            # Frames decompressed on every core (frame index, meta version 2); the whole-stream BLAKE3 is
+            # serial but overlapped, so the floor is the larger of the two.
+            f"unzstd on {ncpu} cores (frames; BLAKE3 overlapped)": max(
+                sec(restored, lim["unzstd_data_MBps"], ncpu), sec(restored, lim["blake3_1core_MBps"])
+            ),
             "write+fsync data": sec(restored, lim["write_fsync_MBps"]),
         },
     )

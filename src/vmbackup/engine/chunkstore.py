@@ -98,7 +98,7 @@ class ChunkStore:
     def load_sized(self, cid: str) -> tuple[bytes, int]:
         """(bytes, stored size) of a checked chunk."""
         try:
-            packed = self.storage.get(chunk_key(cid))
+            packed = self.storage.get_once(chunk_key(cid))
         except ObjectMissing:
             raise ChunkMissing(cid) from None
         try:
@@ -112,7 +112,7 @@ class ChunkStore:
     def load_into(self, cid: str, out: memoryview) -> int:
         """Decompress a checked chunk straight into `out` (which must fit it); returns its length."""
         try:
-            packed = self.storage.get(chunk_key(cid))
+            packed = self.storage.get_once(chunk_key(cid))
         except ObjectMissing:
             raise ChunkMissing(cid) from None
         try:

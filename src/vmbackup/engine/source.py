@@ -19,18 +19,41 @@ READ_SIZE = 1024 * 1024
 _NO_SEEK_DATA = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ESPIPE)
 
 
+DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of O_DIRECT reads
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
 @dataclass
 class Source:
     path: str
     fd: int
     size: int
+    direct_fd: int | None = None  # the image opened with O_DIRECT too (see open_source)
+    _refused_fd: int | None = None  # a direct descriptor that refused a read; closed with the source
 
     def close(self) -> None:
-        os.close(self.fd)
+        for fd in (self.fd, self.direct_fd, self._refused_fd):
+            if fd is not None:
+                os.close(fd)
 
     def read_into(self, buf: memoryview, offset: int) -> None:
-        """Fill `buf` from `offset`; a short read means the image shrank under us."""
+        """Fill `buf` from `offset`; a short read means the image shrank under us.  Aligned reads into an
+        aligned buffer (an mmap) go through the direct descriptor when there is one."""
         done = 0
+        dfd = self.direct_fd
+        if dfd is not None and offset % DIRECT_ALIGN == 0 and len(buf) % DIRECT_ALIGN == 0:
+            try:
+                while done < len(buf):
+                    n = os.preadv(dfd, [buf[done:]], offset + done)
+                    done += n
+                    if n == 0 or n % DIRECT_ALIGN:
+                        break  # end of file: the buffered loop below reports or finishes it
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # Refused (an unaligned buffer, a file system without O_DIRECT): buffered from now on.  Other
+                # threads may be reading through dfd, so it is closed with the source, not here.
+                self.direct_fd, self._refused_fd = None, dfd
         while done < len(buf):
             n = os.preadv(self.fd, [buf[done:]], offset + done)
             if n == 0:
@@ -38,7 +61,9 @@ class Source:
             done += n
 
 
-def open_source(path: str) -> Source:
+def open_source(path: str, *, direct: bool = False) -> Source:
+    """`direct`: also open the image with O_DIRECT, for callers that read it once in large aligned pieces (no
+    page cache to fill and reclaim; see engine/archive.py for the measurement)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -53,7 +78,13 @@ def open_source(path: str) -> Source:
     else:
         os.close(fd)
         raise SourceMissing(f"disk image {path} is neither a regular file nor a block device")
-    return Source(path, fd, size)
+    dfd = None
+    if direct and _O_DIRECT:
+        try:
+            dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
+        except OSError:  # tmpfs and a few others refuse O_DIRECT
+            dfd = None
+    return Source(path, fd, size, dfd)
 
 
 def data_extents(src: Source) -> Iterator[tuple[int, int]]:

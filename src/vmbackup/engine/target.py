@@ -71,6 +71,7 @@ class Target:
     size: int
     needs_zeroing: bool  # True when regions we skip would keep stale data
     direct_fd: int | None = None  # the same file opened with O_DIRECT, when the file system allows it
+    _refused_fd: int | None = None  # a direct descriptor that refused an aligned write, closed at the end
 
     def write(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
@@ -95,16 +96,19 @@ class Target:
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                self.direct_fd = None  # alignment refused after all: buffered from now on
-                os.close(dfd)
+                # Alignment refused after all: buffered from now on.  Other threads may still be writing
+                # through dfd, so it is closed with the target, not here.
+                self.direct_fd = None
+                self._refused_fd = dfd
         n = os.pwritev(self.fd, parts, offset)
         if n < total:  # rare: finish the rest in one piece
             self.write(b"".join(parts)[n:], offset + n)
 
     def close_direct(self) -> None:
-        if self.direct_fd is not None:
-            os.close(self.direct_fd)
-            self.direct_fd = None
+        for fd in (self.direct_fd, self._refused_fd):
+            if fd is not None:
+                os.close(fd)
+        self.direct_fd = self._refused_fd = None
 
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros: punch a hole if the kernel can, else write zeros."""

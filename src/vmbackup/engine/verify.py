@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from vmbackup.engine.archive import archive_key, meta_key, read_archive
+from vmbackup.engine.archive import READ_THREADS, archive_key, meta_key, read_archive
 from vmbackup.engine.chunkstore import ChunkCorrupt, ChunkMissing, ChunkStore
 from vmbackup.engine.manifest import Manifest
 from vmbackup.engine.types import Progress, VerifyReport
@@ -21,18 +21,15 @@ def verify_normal(storage: Storage, backup_id: str, progress: Progress | None) -
         total = storage.size(archive_key(backup_id))
     except ObjectMissing:
         total = 0
-    size = 0
 
     def on_map(realsize: int, extents: list[tuple[int, int]]) -> None:
-        nonlocal size
-        size = realsize
+        pass
 
     def on_data(offset: int, data: bytes) -> None:
-        if progress:
-            progress(offset + len(data), size)
+        pass  # read_archive has checked it
 
     try:
-        report.bytes_checked = read_archive(storage, backup_id, on_map, on_data)
+        report.bytes_checked = read_archive(storage, backup_id, on_map, on_data, progress, READ_THREADS)
         report.bytes_checked += storage.size(meta_key(backup_id))
     except BackupDamaged as exc:
         report.problems.append(exc.message)

@@ -104,6 +104,10 @@ class Storage(ABC):
             f.seek(offset)
             return f.read() if length is None else f.read(length)
 
+    def get_once(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """`get` for data read once and not again soon (restores, verifies): a backend may bypass its cache."""
+        return self.get(key, offset, length)
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import secrets
 import stat
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +35,20 @@ from vmbackup.errors import StorageFull
 from vmbackup.storage.base import Batch, ObjectMissing, Storage, Writer, check_key
 
 _TMP = ".tmp-"
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_ALIGN = 4096  # offsets and lengths of O_DIRECT reads: the logical block size of any common device
+_WRITE_BUF = 4 * 1024 * 1024  # bytes per direct write of a streamed object; two such buffers per writer
+_local = threading.local()
+
+
+def _scratch(n: int) -> memoryview:
+    """A page-aligned buffer of at least n bytes, reused per thread."""
+    buf: mmap.mmap | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) < n:
+        if buf is not None:
+            buf.close()
+        buf = _local.buf = mmap.mmap(-1, max(n, 256 * 1024))
+    return memoryview(buf)
 
 
 def _full(exc: OSError, key: str) -> StorageFull:
@@ -143,9 +159,109 @@ class _LocalBatch:
                 os.unlink(tmp)
 
 
+class _StreamWriter:
+    """What `LocalStorage.open_writer` yields.  Data collects in a page-aligned buffer of `_WRITE_BUF` bytes;
+    each full buffer is written by a helper thread with O_DIRECT while the caller fills the other one, so a
+    large object (an archive) reaches the device while it is being produced, not in the final fsync, and
+    without page cache copies.  Normal backup of the bench image (engine library, cold, loaded VM): the
+    final fsync of the buffered archive took 0.37 s of ~3.3 s.  The tail (and everything of a small object)
+    is one ordinary write before the fsync."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._path = path
+        self._dfd: int | None = None
+        self._direct = bool(_O_DIRECT)
+        self._free: list[mmap.mmap] = []
+        self._cur: mmap.mmap | None = None
+        self._fill = 0
+        self._pos = 0  # file offset of the current buffer's first byte
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: tuple[mmap.mmap, Future[None]] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        while view:
+            if self._cur is None:
+                self._cur = self._free.pop() if self._free else mmap.mmap(-1, _WRITE_BUF)
+            k = min(len(view), _WRITE_BUF - self._fill)
+            self._cur[self._fill : self._fill + k] = view[:k]
+            self._fill += k
+            view = view[k:]
+            if self._fill == _WRITE_BUF:
+                self._ship()
+        return n
+
+    def _ship(self) -> None:
+        assert self._cur is not None
+        self._wait()  # one write in flight at most: double buffering, bounded memory
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="vmbackup-write")
+        buf, self._cur = self._cur, None
+        self._pending = (buf, self._pool.submit(self._write_out, buf, self._pos))
+        self._pos += _WRITE_BUF
+        self._fill = 0
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            buf, fut = self._pending
+            self._pending = None
+            self._free.append(buf)
+            fut.result()
+
+    def _write_out(self, buf: mmap.mmap, offset: int) -> None:
+        """In the helper thread (one at a time): a full, aligned buffer at an aligned offset."""
+        view = memoryview(buf)
+        if self._direct:
+            try:
+                if self._dfd is None:
+                    self._dfd = os.open(self._path, os.O_WRONLY | os.O_CLOEXEC | _O_DIRECT)
+                while view:
+                    n = os.pwrite(self._dfd, view, offset)
+                    view, offset = view[n:], offset + n
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = False  # tmpfs and a few others refuse O_DIRECT: buffered from now on
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def flush(self) -> None:
+        """Hand everything written so far to the kernel (tests that cut an archive short use it).  What follows
+        is not aligned any more, so it is written through the page cache."""
+        self._wait()
+        self._direct = False
+        if self._cur is not None and self._fill:
+            view = memoryview(self._cur)[: self._fill]
+            while view:
+                n = os.pwrite(self._fd, view, self._pos)
+                view, self._pos = view[n:], self._pos + n
+            self._fill = 0
+
+    def finish(self) -> None:
+        self.flush()
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._pending is not None:
+            with suppress(BaseException):
+                self._wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+        for fd in (self._fd, self._dfd):
+            if fd is not None:
+                os.close(fd)
+        self._free.clear()
+        self._cur = None
+
+
 class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._no_direct = False
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
@@ -157,10 +273,12 @@ class LocalStorage(Storage):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f"{_TMP}{final.name}-{secrets.token_hex(6)}"
         try:
-            with open(tmp, "xb") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
+            w = _StreamWriter(str(tmp))
+            try:
+                yield w
+                w.finish()
+            finally:
+                w.close()
             os.replace(tmp, final)
             fsync_dir(final.parent)
         except OSError as exc:
@@ -200,6 +318,44 @@ class LocalStorage(Storage):
                 offset += len(data)
                 length -= len(data)
             return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)
+
+    def get_once(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read with O_DIRECT into a reused aligned buffer: no page cache pages to allocate, fill and reclaim.
+        Cold reads of the bench's 9201 chunk files (864 MiB) on 8 threads: buffered 2.4-2.7 s with 1.15 s of
+        system time, direct 1.3 s with 0.45 s (more threads or reading in key order changed nothing beyond
+        the noise).  Falls back to `get` where O_DIRECT is refused (tmpfs)."""
+        if not _O_DIRECT or self._no_direct:
+            return self.get(key, offset, length)
+        try:
+            fd = os.open(self.path_of(key), os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._no_direct = True
+            return self.get(key, offset, length)
+        try:
+            if length is None:
+                length = max(0, os.fstat(fd).st_size - offset)
+            start = offset - offset % _ALIGN
+            end = offset + length
+            want = -(-(end - start) // _ALIGN) * _ALIGN
+            buf = _scratch(want)
+            pos = start
+            while pos < end:
+                n = os.preadv(fd, [buf[pos - start : want]], pos)
+                pos += n
+                if n <= 0 or n % _ALIGN:  # end of file
+                    break
+            return bytes(buf[offset - start : min(pos, end) - start])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._no_direct = True
+            return self.get(key, offset, length)
         finally:
             os.close(fd)
 

@@ -12,6 +12,7 @@ from conftest import ImageFactory, MiB, overwrite
 
 from vmbackup.engine import Engine
 from vmbackup.engine.archive import archive_key
+from vmbackup.errors import BackupDamaged
 from vmbackup.storage import LocalStorage, Storage
 
 
@@ -215,3 +216,108 @@ def _frame_len(data: bytes) -> int:
     d = zstandard.ZstdDecompressor().decompressobj()
     d.decompress(data)
     return len(data) - len(d.unused_data)
+
+
+def _meta(storage: Storage, backup_id: str) -> dict[str, object]:
+    import json
+
+    from vmbackup.engine.archive import meta_key
+
+    return dict(json.loads(storage.get(meta_key(backup_id))))
+
+
+def _put_meta(storage: Storage, backup_id: str, meta: dict[str, object]) -> None:
+    import json
+
+    from vmbackup.engine.archive import meta_key
+
+    storage.put(meta_key(backup_id), json.dumps(meta).encode())
+
+
+def _image_with_data(make_image: ImageFactory, size: int = 14 * MiB) -> Path:
+    img = make_image(size=size)
+    with open(img, "r+b") as f:
+        f.seek(6 * MiB)
+        f.write(os.urandom(6 * MiB + 4096))
+    return img
+
+
+def test_meta_indexes_every_frame_and_parallel_restore_is_identical(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    from vmbackup.engine.restore import restore_normal
+
+    img = _image_with_data(make_image)
+    Engine(storage).take_normal("n1", str(img))
+    meta = _meta(storage, "n1")
+    frames = meta["frames"]
+    assert meta["version"] == 2 and isinstance(frames, list) and len(frames) >= 4
+    raw = storage.get(archive_key("n1"))
+    pos = 0
+    for csize, _ in frames:  # every index entry is exactly one zstd frame
+        assert _frame_len(raw[pos:]) == csize
+        pos += csize
+    assert pos == len(raw) == meta["archive_bytes"]
+    for threads in (1, 4):
+        out = tmp_path / f"t{threads}.img"
+        calls: list[tuple[int, int]] = []
+        restore_normal(storage, "n1", str(out), lambda d, t, c=calls: c.append((d, t)), threads=threads)
+        assert out.read_bytes() == img.read_bytes()
+        assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False)) and calls[-1] == (14 * MiB,) * 2
+
+
+def test_multi_frame_archive_with_a_version_1_meta_still_restores(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    """The writer of dd69ad1 wrote independent frames but no index (meta version 1): read as one stream."""
+    img = _image_with_data(make_image)
+    eng = Engine(storage)
+    eng.take_normal("n1", str(img))
+    meta = _meta(storage, "n1")
+    del meta["frames"]
+    meta["version"] = 1
+    _put_meta(storage, "n1", meta)
+    assert eng.verify("n1").ok
+    eng.restore("n1", str(tmp_path / "out.img"))
+    assert (tmp_path / "out.img").read_bytes() == img.read_bytes()
+
+
+def test_a_damaged_frame_is_named_and_nothing_is_left(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    from conftest import flip_byte
+
+    img = _image_with_data(make_image)
+    eng = Engine(storage)
+    eng.take_normal("n1", str(img))
+    frames = _meta(storage, "n1")["frames"]
+    assert isinstance(frames, list)
+    at = sum(c for c, _ in frames[:3]) + frames[3][0] // 2  # the middle of frame 3
+    storage.put(archive_key("n1"), flip_byte(storage.get(archive_key("n1")), at))
+    report = eng.verify("n1")
+    assert not report.ok and "archive normal/n1.tar.zst is corrupt: frame 3 " in report.problems[0]
+    with pytest.raises(BackupDamaged, match="frame 3 "):
+        eng.restore("n1", str(tmp_path / "out.img"))
+    assert list(tmp_path.glob("*out.img*")) == []
+
+
+def test_a_wrong_frame_index_or_extra_bytes_are_damage(storage: Storage, make_image: ImageFactory) -> None:
+    img = _image_with_data(make_image)
+    eng = Engine(storage)
+    eng.take_normal("n1", str(img))
+    good = _meta(storage, "n1")
+    frames = good["frames"]
+    assert isinstance(frames, list)
+    # Sizes that do not add up: the meta is damaged.
+    _put_meta(storage, "n1", {**good, "frames": frames[:-1]})
+    report = eng.verify("n1")
+    assert not report.ok and "metadata normal/n1.meta.json is damaged" in report.problems[0]
+    # Adds up but cuts the archive in the wrong places (two entries swapped): the frames do not decompress.
+    _put_meta(storage, "n1", {**good, "frames": [frames[1], frames[0], *frames[2:]]})
+    assert not eng.verify("n1").ok
+    # Intact index, bytes appended to the archive.
+    _put_meta(storage, "n1", good)
+    assert eng.verify("n1").ok
+    storage.put(archive_key("n1"), storage.get(archive_key("n1")) + b"\0" * 10)
+    report = eng.verify("n1")
+    assert not report.ok and "unexpected data after the end" in report.problems[0]

@@ -156,3 +156,15 @@ def test_local_batch_enospc_maps_to_storage_full_and_leaves_no_temp(tmp_path: Pa
         b.flush()
     assert list(storage.list()) == []
     assert [p.name for p in tmp_path.rglob(".tmp-*")] == []
+
+
+@pytest.mark.parametrize(("offset", "length"), [(0, None), (0, 10), (1, 5000), (4095, 4098), (8000, None), (9999, 50)])
+def test_get_once_reads_like_get(storage: Storage, offset: int, length: int | None) -> None:
+    """get_once (O_DIRECT on LocalStorage) returns exactly what get returns, unaligned ranges included."""
+    import os
+
+    data = os.urandom(10_000)
+    storage.put("a/b", data)
+    assert storage.get_once("a/b", offset, length) == storage.get("a/b", offset, length)
+    with pytest.raises(ObjectMissing):
+        storage.get_once("a/c")
