@@ -90,8 +90,8 @@ def worker() -> None:
         )
         pq_runner.recover()
         click.echo(f"vmbackup: procrastinate worker {pq_runner.me} running {settings.worker_concurrency} at a time")
-        # procrastinate's own SIGINT/SIGTERM handlers stop it after the transactions it runs.
-        asyncio.run(pq_runner.run(install_signal_handlers=True))
+        # Restarted after database errors; SIGINT/SIGTERM stop it after the transactions it runs.
+        asyncio.run(pq_runner.run_forever())
         click.echo("vmbackup: worker stopped")
         engine.dispose()
         return

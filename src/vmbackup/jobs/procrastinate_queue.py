@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -324,6 +325,20 @@ class ProcrastinateRunner:
                     if self._stopping:
                         break
                     await asyncio.sleep(0.1)
+
+    async def run_forever(self) -> None:
+        """Foreground (`vmbackup worker`): run, restarting after database errors (procrastinate's worker stops
+        when its listener loses the database, e.g. during a PostgreSQL restart), until SIGINT or SIGTERM, which
+        stop it after the transactions it runs."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._request_stop)
+        await self._supervise()
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+        if self._worker is not None:
+            self._worker.stop()
 
     def start(self) -> None:
         """Recover, then run the worker as a task of the current event loop (call from async code: a lifespan)."""
