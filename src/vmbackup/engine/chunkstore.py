@@ -96,33 +96,22 @@ class ChunkStore:
         return self.load_sized(cid)[0]
 
     def load_sized(self, cid: str) -> tuple[bytes, int]:
-        """(bytes, stored size) of a checked chunk."""
-        try:
-            packed = self.storage.get_once(chunk_key(cid))
-        except ObjectMissing:
-            raise ChunkMissing(cid) from None
-        try:
-            data = self._dctx().decompress(packed)
-        except zstandard.ZstdError as exc:
-            raise ChunkCorrupt(f"does not decompress ({exc})") from None
-        if chunk_id(data) != cid:
-            raise ChunkCorrupt("fails its BLAKE3 check")
-        return data, len(packed)
+        """(bytes, stored size) of a checked chunk.  The stored object is read into the storage's buffer and
+        decompressed from there (`Storage.read_once`: no copy of the compressed bytes)."""
 
-    def load_into(self, cid: str, out: memoryview) -> int:
-        """Decompress a checked chunk straight into `out` (which must fit it); returns its length."""
+        def check(packed: memoryview) -> tuple[bytes, int]:
+            try:
+                data = self._dctx().decompress(packed)
+            except zstandard.ZstdError as exc:
+                raise ChunkCorrupt(f"does not decompress ({exc})") from None
+            if chunk_id(data) != cid:
+                raise ChunkCorrupt("fails its BLAKE3 check")
+            return data, len(packed)
+
         try:
-            packed = self.storage.get_once(chunk_key(cid))
+            return self.storage.read_once(chunk_key(cid), check)
         except ObjectMissing:
             raise ChunkMissing(cid) from None
-        try:
-            data = self._dctx().decompress(packed, max_output_size=len(out))
-        except zstandard.ZstdError as exc:
-            raise ChunkCorrupt(f"does not decompress ({exc})") from None
-        if chunk_id(data) != cid:
-            raise ChunkCorrupt("fails its BLAKE3 check")
-        out[: len(data)] = data
-        return len(data)
 
     def exists(self, cid: str) -> bool:
         return self.storage.exists(chunk_key(cid))

@@ -31,7 +31,13 @@ _TASK_BYTES = 1 * 1024 * 1024  # consecutive chunks loaded by one task and writt
 # 1.15 s of system time, 1.3 s direct with 0.45 s); reading them in key order instead of disk order changed
 # nothing beyond the noise.  Direct reads have no kernel read-ahead, so more threads help again: whole restore,
 # engine library, loaded VM (load 6-7), two rounds: 4 threads 2.98/2.97 s, 8 2.39/2.80 s, 16 2.19/2.52 s.
-_RESTORE_THREADS = 16
+# Since chunks are read through `Storage.read_once` (no fstat, no copy, string paths: the same restore went
+# from 2.80 s / 3.8 CPU-s to 2.1-2.5 s / 2.7 CPU-s), more threads only add GIL hand-offs (perf: ~17% of the
+# CPU in futex wake-ups and task switches at 16 threads): 2nd bench backup, engine library, another Intel VM
+# at load 3-5, two interleaved rounds: 4 threads 2.59/2.54 s (2.4 CPU-s), 6 2.33/2.14, 8 2.43/2.48 (2.3-2.5
+# CPU-s), 12 2.40/2.12, 16 2.25/2.38 (2.8 CPU-s): the same wall within the noise, so 8 for the lower CPU
+# and memory (44 MiB RSS against 62).
+_RESTORE_THREADS = 8
 _ZEROS = bytes(max(READ_SIZE, FRAME_BYTES))
 
 

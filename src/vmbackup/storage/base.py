@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
-_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
+# A key: components of [A-Za-z0-9._-] joined by "/", none empty or starting with a dot (so no "." or "..").
+# One match per key: chunk reads check ten thousand keys a second.
+_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*\Z")
+T = TypeVar("T")
 
 
 class ObjectMissing(LookupError):
@@ -68,8 +71,7 @@ class _ImmediateBatch:
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape the store or collide with temporary names."""
-    parts = key.split("/")
-    if not key or any(not _COMPONENT.match(p) or p in (".", "..") for p in parts):
+    if not _KEY.match(key):
         raise ValueError(f"invalid storage key {key!r}")
     return key
 
@@ -107,6 +109,12 @@ class Storage(ABC):
     def get_once(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """`get` for data read once and not again soon (restores, verifies): a backend may bypass its cache."""
         return self.get(key, offset, length)
+
+    def read_once(self, key: str, use: Callable[[memoryview], T]) -> T:
+        """`use(the whole object)`, read like `get_once`; returns what `use` returns.  The view is valid only
+        during the call (a backend may lend a reused buffer instead of copying into a new bytes object), and
+        `use` must not read from the storage itself.  Chunk restores and verifies read this way."""
+        return use(memoryview(self.get_once(key)))
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...

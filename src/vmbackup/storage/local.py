@@ -25,29 +25,31 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
 from vmbackup.errors import StorageFull
-from vmbackup.storage.base import Batch, ObjectMissing, Storage, Writer, check_key
+from vmbackup.storage.base import Batch, ObjectMissing, Storage, T, Writer, check_key
 
 _TMP = ".tmp-"
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _ALIGN = 4096  # offsets and lengths of O_DIRECT reads: the logical block size of any common device
 _WRITE_BUF = 4 * 1024 * 1024  # bytes per direct write of a streamed object; two such buffers per writer
+# A whole-object direct read starts with one read of this much, no fstat: a compressed 128 KiB chunk fits, so a
+# chunk costs open, one read, close.  Larger objects take an fstat and a second read.
+_FIRST_READ = 256 * 1024
 _local = threading.local()
 
 
 def _scratch(n: int) -> memoryview:
-    """A page-aligned buffer of at least n bytes, reused per thread."""
+    """A page-aligned buffer of at least n bytes, reused per thread.  A smaller one it replaces is freed with
+    its last view (`read_once` lends views of it)."""
     buf: mmap.mmap | None = getattr(_local, "buf", None)
     if buf is None or len(buf) < n:
-        if buf is not None:
-            buf.close()
-        buf = _local.buf = mmap.mmap(-1, max(n, 256 * 1024))
+        buf = _local.buf = mmap.mmap(-1, max(n, _FIRST_READ))
     return memoryview(buf)
 
 
@@ -87,7 +89,7 @@ class _LocalBatch:
             self._known_dirs.add(d)
 
     def put(self, key: str, data: bytes | bytearray | memoryview, /) -> None:
-        final = str(self._storage.path_of(key))
+        final = self._storage.spath(key)
         d, name = os.path.split(final)
         tmp = f"{d}/{_TMP}{name}-{secrets.token_hex(6)}"
         try:
@@ -111,7 +113,7 @@ class _LocalBatch:
     def keep(self, key: str) -> None:
         """The caller relies on the existing object `key`: its name is made durable when the batch ends
         (another writer may have renamed it moments ago and not yet fsynced its directory)."""
-        d = os.path.dirname(str(self._storage.path_of(key)))
+        d = os.path.dirname(self._storage.spath(key))
         if d not in self._dirty_dirs:
             with self._mutex:
                 self._dirty_dirs.add(d)
@@ -261,11 +263,18 @@ class _StreamWriter:
 class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._root = f"{self.root}/"
         self._no_direct = False
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
         return self.root / check_key(key)
+
+    def spath(self, key: str) -> str:
+        """`path_of` as a string, without building a Path (chunk reads and lookups do it by the ten thousand;
+        profiling a 2 GiB incremental restore, Path joins and the per-component key check were a visible part
+        of its Python time)."""
+        return self._root + check_key(key)
 
     @contextmanager
     def open_writer(self, key: str) -> Iterator[Writer]:
@@ -303,7 +312,7 @@ class LocalStorage(Storage):
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         # Plain syscalls: chunks are read by the ten thousand, a Python file object per read costs ~10 us.
         try:
-            fd = os.open(self.path_of(key), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.spath(key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
         try:
@@ -329,7 +338,7 @@ class LocalStorage(Storage):
         if not _O_DIRECT or self._no_direct:
             return self.get(key, offset, length)
         try:
-            fd = os.open(self.path_of(key), os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
+            fd = os.open(self.spath(key), os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
         except OSError as exc:
@@ -359,6 +368,49 @@ class LocalStorage(Storage):
         finally:
             os.close(fd)
 
+    def read_once(self, key: str, use: Callable[[memoryview], T]) -> T:
+        """Direct read into this thread's scratch buffer, lent to `use` without a copy: open, one read of
+        `_FIRST_READ` bytes (no fstat), close.  2 GiB bench, loading the 11,114 chunks of the 2nd backup cold
+        on 16 threads (no writes): `get_once` + decompress + BLAKE3 2.15 s (1.73 s user, 1.30 s system), this
+        path (string paths, no fstat, no copy) 1.20 s (1.23 s user, 0.69 s system)."""
+        if not _O_DIRECT or self._no_direct:
+            return use(memoryview(self.get(key)))
+        try:
+            fd = os.open(self.spath(key), os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._no_direct = True
+            return use(memoryview(self.get(key)))
+        try:
+            buf = _scratch(_FIRST_READ)
+            pos = 0
+            while pos < _FIRST_READ:
+                n = os.preadv(fd, [buf[pos:_FIRST_READ]], pos)
+                pos += n
+                if n <= 0 or n % _ALIGN:  # end of file
+                    break
+            else:  # the buffer is full: a larger object, read it whole
+                want = -(-os.fstat(fd).st_size // _ALIGN) * _ALIGN
+                buf = _scratch(want)
+                pos = 0
+                while pos < want:
+                    n = os.preadv(fd, [buf[pos:want]], pos)
+                    pos += n
+                    if n <= 0 or n % _ALIGN:
+                        break
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._no_direct = True
+            return use(memoryview(self.get(key)))
+        finally:
+            os.close(fd)
+        with buf[:pos] as view:
+            return use(view)
+
     @contextmanager
     def open_reader(self, key: str) -> Iterator[BinaryIO]:
         try:
@@ -370,7 +422,7 @@ class LocalStorage(Storage):
 
     def exists(self, key: str) -> bool:
         try:
-            return stat.S_ISREG(os.stat(self.path_of(key)).st_mode)
+            return stat.S_ISREG(os.stat(self.spath(key)).st_mode)
         except (FileNotFoundError, NotADirectoryError):
             return False
 

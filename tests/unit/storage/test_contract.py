@@ -67,7 +67,7 @@ def test_list_by_prefix_excludes_nothing_else(storage: Storage) -> None:
     assert list(storage.list("nothing/")) == []
 
 
-@pytest.mark.parametrize("key", ["", "../x", "a/../../x", "/abs", ".tmp-x", "a//b", "a/.hidden"])
+@pytest.mark.parametrize("key", ["", "../x", "a/../../x", "/abs", ".tmp-x", "a//b", "a/.hidden", ".", "a/.", "a/", "a\n"])
 def test_keys_that_could_escape_are_refused(storage: Storage, key: str) -> None:
     with pytest.raises(ValueError):
         storage.put(key, b"1")
@@ -168,3 +168,17 @@ def test_get_once_reads_like_get(storage: Storage, offset: int, length: int | No
     assert storage.get_once("a/b", offset, length) == storage.get("a/b", offset, length)
     with pytest.raises(ObjectMissing):
         storage.get_once("a/c")
+
+
+@pytest.mark.parametrize("size", [0, 10, 4096, 262_143, 262_144, 300_001])
+def test_read_once_lends_the_whole_object(storage: Storage, size: int) -> None:
+    """read_once hands `use` exactly the object (LocalStorage: a direct read into a reused buffer, one read up
+    to 256 KiB, a second for larger objects) and returns what `use` returns."""
+    import os
+
+    data = os.urandom(size)
+    storage.put("a/b", data)
+    assert storage.read_once("a/b", bytes) == data
+    assert storage.read_once("a/b", len) == size
+    with pytest.raises(ObjectMissing):
+        storage.read_once("a/c", bytes)
