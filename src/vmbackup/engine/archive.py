@@ -444,21 +444,24 @@ def _read_indexed(
 
     def load(i: int) -> bytes:
         (csize, usize), c0 = frames[i], c_start[i]
-        packed = storage.get_once(key, c0, csize)
-        if len(packed) != csize:
-            raise BackupDamaged(f"{where} is truncated")
-        d = getattr(local, "d", None)
-        if d is None:
-            d = local.d = zstandard.ZstdDecompressor()
-        try:
-            data = d.decompress(packed, max_output_size=usize)
-        except zstandard.ZstdError as exc:
-            raise BackupDamaged(
-                f"{where} is corrupt: frame {i} (archive bytes {c0}-{c0 + csize}) (zstd: {exc})"
-            ) from None
-        if len(data) != usize:
-            raise BackupDamaged(f"{where} is corrupt: frame {i} holds {len(data)} bytes, its index says {usize}")
-        return data
+
+        def unpack(packed: memoryview) -> bytes:  # decompressed from the storage's read buffer: no copy
+            if len(packed) != csize:
+                raise BackupDamaged(f"{where} is truncated")
+            d = getattr(local, "d", None)
+            if d is None:
+                d = local.d = zstandard.ZstdDecompressor()
+            try:
+                data: bytes = d.decompress(packed, max_output_size=usize)
+            except zstandard.ZstdError as exc:
+                raise BackupDamaged(
+                    f"{where} is corrupt: frame {i} (archive bytes {c0}-{c0 + csize}) (zstd: {exc})"
+                ) from None
+            if len(data) != usize:
+                raise BackupDamaged(f"{where} is corrupt: frame {i} holds {len(data)} bytes, its index says {usize}")
+            return data
+
+        return storage.read_once(key, unpack, c0, csize)
 
     hasher = blake3.blake3()
     head = bytearray()

@@ -110,11 +110,12 @@ class Storage(ABC):
         """`get` for data read once and not again soon (restores, verifies): a backend may bypass its cache."""
         return self.get(key, offset, length)
 
-    def read_once(self, key: str, use: Callable[[memoryview], T]) -> T:
-        """`use(the whole object)`, read like `get_once`; returns what `use` returns.  The view is valid only
-        during the call (a backend may lend a reused buffer instead of copying into a new bytes object), and
-        `use` must not read from the storage itself.  Chunk restores and verifies read this way."""
-        return use(memoryview(self.get_once(key)))
+    def read_once(self, key: str, use: Callable[[memoryview], T], offset: int = 0, length: int | None = None) -> T:
+        """`use(the bytes get_once(key, offset, length) would return)`; returns what `use` returns.  The view is
+        valid only during the call (a backend may lend a reused buffer instead of copying into a new bytes
+        object), and `use` must not read from the storage itself.  Restores and verifies read chunks and
+        archive frames this way."""
+        return use(memoryview(self.get_once(key, offset, length)))
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...

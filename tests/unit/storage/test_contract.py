@@ -67,7 +67,9 @@ def test_list_by_prefix_excludes_nothing_else(storage: Storage) -> None:
     assert list(storage.list("nothing/")) == []
 
 
-@pytest.mark.parametrize("key", ["", "../x", "a/../../x", "/abs", ".tmp-x", "a//b", "a/.hidden", ".", "a/.", "a/", "a\n"])
+@pytest.mark.parametrize(
+    "key", ["", "../x", "a/../../x", "/abs", ".tmp-x", "a//b", "a/.hidden", ".", "a/.", "a/", "a\n"]
+)
 def test_keys_that_could_escape_are_refused(storage: Storage, key: str) -> None:
     with pytest.raises(ValueError):
         storage.put(key, b"1")
