@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from vmbackup.engine.archive import FRAME_BYTES, READ_THREADS, load_meta, read_archive
 from vmbackup.engine.chunkstore import ChunkCorrupt, ChunkMissing, ChunkStore
-from vmbackup.engine.manifest import DiskEntry, Manifest
+from vmbackup.engine.manifest import ID_BYTES, ZERO_ID, DiskEntry, Manifest
 from vmbackup.engine.source import READ_SIZE
 from vmbackup.engine.target import Target, open_target
 from vmbackup.engine.types import Progress, Stats
@@ -38,6 +38,7 @@ _TASK_BYTES = 1 * 1024 * 1024  # consecutive chunks loaded by one task and writt
 # CPU-s), 12 2.40/2.12, 16 2.25/2.38 (2.8 CPU-s): the same wall within the noise, so 8 for the lower CPU
 # and memory (44 MiB RSS against 62).
 _RESTORE_THREADS = 8
+_REPEAT_CACHE_BYTES = 8 * 1024 * 1024  # decompressed chunks kept for their next use (`_Repeats`)
 _ZEROS = bytes(max(READ_SIZE, FRAME_BYTES))
 
 
@@ -158,6 +159,73 @@ def _runs(entry: DiskEntry, per_task: int) -> Iterator[tuple[int, list[str | Non
         yield first, run
 
 
+class _Repeats:
+    """Chunks a disk lists more than once are loaded (read, decompressed, checked) once and kept until their
+    last use, within `_REPEAT_CACHE_BYTES` (beyond it they are loaded again); a thread that needs a chunk
+    another thread is loading waits for it.  Like restic, which reads a blob once for every place it fills.
+    The bench image's repeated region (copies of one 1 MiB block) makes 11,114 chunk loads of 9,830 distinct
+    chunks in the 2nd backup.  Its restore, engine library, interleaved rounds: 2.04/2.18 s (1.73-1.80 CPU-s)
+    with this against 2.17/2.28 s (1.90-1.97) without; busier later, 2.18/2.37 s (2.19-2.36) against
+    2.81/2.65 s (2.33-2.49)."""
+
+    def __init__(self, entry: DiskEntry) -> None:
+        seen: set[bytes] = set()  # packed ids: ~100 bytes each while this runs (6 MiB at 8 GiB of data)
+        uses: dict[bytes, int] = {}
+        ids = entry.ids
+        for i in range(0, len(ids), ID_BYTES):
+            raw = bytes(ids[i : i + ID_BYTES])
+            if raw == ZERO_ID:
+                continue
+            if raw in seen:
+                uses[raw] = uses.get(raw, 1) + 1
+            else:
+                seen.add(raw)
+        del seen
+        self._uses = {raw.hex(): n for raw, n in uses.items()}  # remaining uses of the repeated ids only
+        self._kept: dict[str, bytes] = {}
+        self._loading: dict[str, threading.Event] = {}
+        self._bytes = 0
+        self._mutex = threading.Lock()
+
+    def load(self, store: ChunkStore, cid: str) -> bytes:
+        if cid not in self._uses:
+            return store.load(cid)
+        while True:
+            with self._mutex:
+                data = self._kept.get(cid)
+                if data is not None:
+                    self._use(cid)
+                    return data
+                loading = self._loading.get(cid)
+                if loading is None:
+                    self._loading[cid] = threading.Event()
+                    break
+            loading.wait()  # another thread is loading it: take it from the cache (or load it if that failed)
+        try:
+            data = store.load(cid)
+        except BaseException:
+            with self._mutex:
+                self._loading.pop(cid).set()
+            raise
+        with self._mutex:
+            self._use(cid)
+            if self._uses.get(cid) and self._bytes + len(data) <= _REPEAT_CACHE_BYTES:
+                self._kept[cid] = data
+                self._bytes += len(data)
+            self._loading.pop(cid).set()
+        return data
+
+    def _use(self, cid: str) -> None:
+        left = self._uses[cid] - 1
+        if left:
+            self._uses[cid] = left
+            return
+        del self._uses[cid]
+        data = self._kept.pop(cid, None)
+        if data is not None:
+            self._bytes -= len(data)
+
+
 def _restore_disk(
     pool: ThreadPoolExecutor,
     store: ChunkStore,
@@ -171,6 +239,7 @@ def _restore_disk(
     """Yields logical bytes done as runs land.  Workers load, decompress and check a run of consecutive chunks
     and write it with one pwritev (runs land in any order: writes are positional)."""
     cs = entry.chunk_size
+    repeats = _Repeats(entry)
 
     def work(first: int, ids: list[str | None]) -> int:
         parts = []
@@ -179,7 +248,7 @@ def _restore_disk(
             off = (first + j) * cs
             length = min(cs, entry.size - off)
             try:
-                data = store.load(cid)
+                data = repeats.load(store, cid)
             except (ChunkMissing, ChunkCorrupt) as exc:
                 raise _damage(backup_id, key, cid, exc) from None
             if len(data) != length:
