@@ -119,9 +119,11 @@ class Db:
     filler_vms: list[int] = field(default_factory=list)
     insert_seconds: dict[int, float] = field(default_factory=dict)
 
-    def env(self) -> dict[str, str]:
-        """The service's settings for every server of this database (VMBACKUP_* only)."""
+    def env(self, cache: bool = True) -> dict[str, str]:
+        """The service's settings for every server of this database (VMBACKUP_* only). ``cache=False`` turns the
+        in-memory listing cache off, so every request goes through authentication, the database and rendering."""
         return {
+            **({} if cache else {"VMBACKUP_LISTING_CACHE_SECONDS": "0"}),
             "VMBACKUP_DATA_DIR": str(self.data_dir),
             "VMBACKUP_DATABASE_URL": self.url,
             "VMBACKUP_WORKER": "external",  # no worker thread in the server
@@ -538,16 +540,20 @@ def warm(server: Server, url: str, cfg: Cfg, conns: int = 8) -> None:
     wrk(url, 1, conns, cfg.warm_s)
 
 
-def pair(a: Server, b: Server, path: str, cfg: Cfg) -> tuple[Wrk, Wrk, list[Wrk], list[Wrk]]:
-    """Load two servers alternately (a, b, a, b) with 64 connections; keep each one's better run."""
-    ra: list[Wrk] = []
-    rb: list[Wrk] = []
-    for s in (a, b):
+def alternate(servers: list[Server], path: str, cfg: Cfg) -> list[tuple[Wrk, list[Wrk]]]:
+    """Load the servers in turn (a, b, c, a, b, c) with 64 connections; keep each one's better run."""
+    runs: list[list[Wrk]] = [[] for _ in servers]
+    for s in servers:
         warm(s, s.base + path, cfg, conns=64)
     for _ in range(2):
-        ra.append(wrk_cpu(a, path, 2, 64, cfg.load_s))
-        rb.append(wrk_cpu(b, path, 2, 64, cfg.load_s))
-    return best(ra, "rps"), best(rb, "rps"), ra, rb
+        for s, r in zip(servers, runs, strict=True):
+            r.append(wrk_cpu(s, path, 2, 64, cfg.load_s))
+    return [(best(r, "rps"), r) for r in runs]
+
+
+def pair(a: Server, b: Server, path: str, cfg: Cfg) -> tuple[Wrk, Wrk, list[Wrk], list[Wrk]]:
+    (ba, ra), (bb, rb) = alternate([a, b], path, cfg)
+    return ba, bb, ra, rb
 
 
 def latency(server: Server, path: str, cfg: Cfg, seconds: float | None = None) -> tuple[Wrk, list[Wrk]]:
@@ -779,7 +785,7 @@ def run_db(db: Db, cfg: Cfg, http: str) -> dict[str, Any]:
                 PG_SNAPSHOTS.append(snaps[size].pg_db)  # type: ignore[arg-type]
         else:
             snaps[size] = db
-        srv = Server("real", db.env(), f"{db.name}-grow-{size}", http)
+        srv = Server("real", db.env(cache=False), f"{db.name}-grow-{size}", http)
         try:
             check_listing(srv, vm50, TARGET_BACKUPS)
             warm(srv, srv.base + list_path(vm50), cfg, conns=1)
@@ -791,7 +797,7 @@ def run_db(db: Db, cfg: Cfg, http: str) -> dict[str, Any]:
     # Phase 2: one server per size, all up at once, measured in rounds (1k, 10k, ..., 1k, 10k, ...): the same
     # machine noise falls on every size, so the ratios compare like with like.
     log(f"{db.name}: side-by-side latency of every size ({cfg.rounds} rounds)")
-    servers = {size: Server("real", snaps[size].env(), f"{db.name}-size-{size}", http) for size in cfg.sizes}
+    servers = {size: Server("real", snaps[size].env(cache=False), f"{db.name}-size-{size}", http) for size in cfg.sizes}
     try:
         for size, srv in servers.items():
             check_listing(srv, vm50, TARGET_BACKUPS)
@@ -839,7 +845,9 @@ def run_db(db: Db, cfg: Cfg, http: str) -> dict[str, Any]:
         res["flat_pool_timeouts"] = sum(srv.pool_timeouts() for srv in servers.values())
     # Phase 3: targets 1 and 3 on the largest database, each pair on freshly started servers (a server that
     # stalled on its connection pool would otherwise poison the next measurement).
-    env = db.env()
+    # Targets 1 and 3 and the sweep: the service as `vmbackup serve` runs it (listing cache on) and with the cache
+    # off (every request authenticated, read from the database and rendered).
+    env, env_nc = db.env(), db.env(cache=False)
     path = list_path(vm50)
     probe = Server("real", env, f"{db.name}-probe", http)
     try:
@@ -857,6 +865,7 @@ def run_db(db: Db, cfg: Cfg, http: str) -> dict[str, Any]:
 
     log(f"{db.name}: target 1, real vs bare, 64 connections")
     srv, bare = Server("real", env, f"{db.name}-t1-real", http), Server("bare", bare_env, f"{db.name}-t1-bare", http)
+    nocache = Server("real", env_nc, f"{db.name}-t1-nocache", http)
     try:
         rb = httpx.get(bare.base + path)
         same_h = sorted((k, v) for k, v in rb.headers.multi_items() if k not in ("date", "server")) == sorted(
@@ -864,19 +873,24 @@ def run_db(db: Db, cfg: Cfg, http: str) -> dict[str, Any]:
         )
         if rb.content != body.content or not same_h:
             raise RuntimeError("bare app does not answer the same bytes and headers")
-        res["t1"] = pair(srv, bare, path, cfg)
+        (ba, ra), (bb, rb), (bn, rn) = alternate([srv, bare, nocache], path, cfg)
+        res["t1"] = (ba, bb, ra, rb)
+        res["t1_nocache"] = (bn, rn)
     finally:
         srv.stop()
         bare.stop()
+        nocache.stop()
     res["t1_pool_timeouts"] = srv.pool_timeouts()
     log(
         f"{db.name}:   real {res['t1'][0].rps:.0f} req/s, bare {res['t1'][1].rps:.0f} req/s, "
+        f"cache off {res['t1_nocache'][0].rps:.0f} req/s, "
         f"pool timeouts {res['t1_pool_timeouts']}"
     )
 
     log(f"{db.name}: target 3, Basic auth vs no auth check, 64 connections")
-    srv = Server("real", env, f"{db.name}-t3-auth", http)
-    noauth = Server("noauth", {**env, "BENCH_FIXED_USER_ID": str(db.ids["admin"])}, f"{db.name}-t3-noauth", http)
+    # Cache off on both: with it, neither would check anything on a hit.
+    srv = Server("real", env_nc, f"{db.name}-t3-auth", http)
+    noauth = Server("noauth", {**env_nc, "BENCH_FIXED_USER_ID": str(db.ids["admin"])}, f"{db.name}-t3-noauth", http)
     try:
         check_listing(noauth, vm50, TARGET_BACKUPS)
         res["t3"] = pair(srv, noauth, path, cfg)
@@ -895,7 +909,7 @@ def run_db(db: Db, cfg: Cfg, http: str) -> dict[str, Any]:
     )
 
     log(f"{db.name}: concurrency sweep of the real server")
-    srv = Server("real", env, f"{db.name}-sweep", http)
+    srv = Server("real", env_nc, f"{db.name}-sweep", http)
     sweep = []
     try:
         warm(srv, srv.base + path, cfg, conns=8)
@@ -911,7 +925,7 @@ def run_db(db: Db, cfg: Cfg, http: str) -> dict[str, Any]:
 
     log(f"{db.name}: py-spy profiles (fresh server)")
     try:
-        run_profiles(db, res, env, path, list_path(vm10k), cfg, http)
+        run_profiles(db, res, env_nc, path, list_path(vm10k), cfg, http)
     except Exception as exc:  # a profile is an explanation, not a result: keep the measurements
         log(f"{db.name}: profiling failed: {exc!r}"[:500])
     res["insert_seconds"] = dict(db.insert_seconds)
@@ -984,32 +998,39 @@ def report(
     L.append("## Target 1: listing throughput vs a bare ASGI app (64 connections)\n")
     L.append(
         "`GET /virtual_machines/:id/backups/images.json`, VM with 50 backups, "
-        f"{cfg.sizes[-1]:,} backups in the database. Target: real >= 0.5x bare.\n"
+        f"{cfg.sizes[-1]:,} backups in the database. Target: real >= 0.5x bare. 'real' is the service as "
+        "`vmbackup serve` runs it: wrk repeats one request, so after the first it is answered from the in-memory "
+        "listing cache (api/listing_cache.py). 'cache off' is the same service with "
+        "VMBACKUP_LISTING_CACHE_SECONDS=0: every request authenticated, read from the database and rendered "
+        "(what the first request after any change costs).\n"
     )
     L.append(
         "| database | body | real req/s | real p50 / p99 ms | bare req/s | bare p50 / p99 ms | real/bare | "
-        "server CPU ms/req real / bare | real: errors, pool timeouts | target |"
+        "server CPU ms/req real / bare | real: errors, pool timeouts | cache off req/s, p50 / p99 ms | "
+        "cache off/bare | target |"
     )
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         if "t1" not in r:
             continue
         a, b, _, _ = r["t1"]
+        n = r["t1_nocache"][0]
         ratio = a.rps / b.rps
         r["t1_ok"] = ratio >= 0.5
         errs = "; ".join(x.errors for x in r["t1"][2] if x.errors) or "none"
         L.append(
             f"| {name} | {r['body_bytes']:,} B | {a.rps:,.0f} | {fmt_ms(a.p50)} / {fmt_ms(a.p99)} | "
             f"{b.rps:,.0f} | {fmt_ms(b.p50)} / {fmt_ms(b.p99)} | {ratio:.3f}x | "
-            f"{a.cpu_ms:.2f} / {b.cpu_ms:.3f} | {errs}, "
-            f"{r['t1_pool_timeouts']} | {verdict(ratio >= 0.5)} |"
+            f"{a.cpu_ms:.3f} / {b.cpu_ms:.3f} | {errs}, {r['t1_pool_timeouts']} | "
+            f"{n.rps:,.0f}, {fmt_ms(n.p50)} / {fmt_ms(n.p99)} | {n.rps / b.rps:.3f}x | {verdict(ratio >= 0.5)} |"
         )
     L.append("")
     L.append(
         "Runs (req/s): "
         + "; ".join(
             f"{n}: real {', '.join(f'{x.rps:,.0f}' for x in r['t1'][2])} / "
-            f"bare {', '.join(f'{x.rps:,.0f}' for x in r['t1'][3])}"
+            f"bare {', '.join(f'{x.rps:,.0f}' for x in r['t1'][3])} / "
+            f"cache off {', '.join(f'{x.rps:,.0f}' for x in r['t1_nocache'][1])}"
             for n, r in results.items()
             if "t1" in r
         )
@@ -1031,7 +1052,9 @@ def report(
         "(a frozen copy of the database at each size, one server per copy, all up at once, measured in "
         f"{cfg.rounds} alternating rounds, best p50 kept). The 'while growing' column is the same listing "
         "measured right after each step on the one growing database (2 runs, best kept): more exposed to "
-        "the machine's noise, shown for reference.\n"
+        "the machine's noise, shown for reference. Every server here runs with the listing cache off "
+        "(VMBACKUP_LISTING_CACHE_SECONDS=0): this measures the database path; a cached answer does not depend on "
+        "the table at all.\n"
     )
     for name, r in results.items():
         if not r.get("flat"):
@@ -1085,7 +1108,8 @@ def report(
         f"One argon2id verify at 19456 KiB / t=2 costs {argon2_ms:.1f} ms here (in-process, single thread): "
         "hashing on every request would cap the server near "
         f"{1000 / argon2_ms:.0f} req/s per core. The no-auth variant is the same app with "
-        "`dependency_overrides[get_context]` building the Context for a fixed, preloaded admin user. "
+        "`dependency_overrides[get_context]` building the Context for a fixed, preloaded admin user; both run "
+        "with the listing cache off (a cached answer checks no credential at all). "
         "Target: auth >= 0.8x no-auth (the remaining gap is the indexed user lookup + one HMAC), "
         "far above what argon2 per request would allow.\n"
     )
@@ -1120,7 +1144,7 @@ def report(
     )
 
     # Sweep
-    L.append("## Concurrency sweep: the real server alone (fresh process, 50-backup listing)\n")
+    L.append("## Concurrency sweep: the real server alone, listing cache off (fresh process, 50-backup listing)\n")
     L.append(
         f"`wrk -c N -d{cfg.sweep_s:g}s`, one run each, in order. 'pool timeouts': requests that failed in the "
         "server with sqlalchemy `TimeoutError: QueuePool limit ... reached` during or after that step.\n"

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # How long a verified Basic credential is trusted without re-running the password hash.
     auth_cache_seconds: int = Field(default=300, ge=0, le=86400)
+    # Rendered backup listings kept in memory (api/listing_cache.py): how long at most (never longer than the
+    # credential cache above; 0 turns it off), and how much memory they may use.
+    listing_cache_seconds: int = Field(default=60, ge=0, le=86400)
+    listing_cache_mib: int = Field(default=64, ge=1, le=16384)
     # Failed logins allowed per minute, per login and per client address, before 429 (0: no limit).
     login_failures_per_minute: int = Field(default=10, ge=0, le=100_000)
     # Directories (or single device nodes) disk images may live in, compared after resolving symlinks; given as

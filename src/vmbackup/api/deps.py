@@ -119,6 +119,7 @@ def get_context(request: Request, db: DbDep) -> Context:
     # requests pile up on pool connections while the threads that could use them waited too (a stall under
     # ~50 concurrent requests on SQLite, found by bench/api_bench.py). The user stays loaded (no expiry on commit).
     db.commit()
+    request.state.user_id = user.id  # for api/listing_cache.py: whose answer this is
     return Context(db=db, user=user, fmt=request.state.fmt, tz=_zone(user.time_zone), queue=request.app.state.queue)
 
 

@@ -3,7 +3,11 @@
 - ``/backups/5.json``, ``/transactions.json/page/2``: the ``.json``/``.xml`` suffix chooses the format and is
   removed before routing; without one the Accept header decides, default JSON.
 - ``//settings//disks/5/`` is routed as ``/settings/disks/5`` (the PHP wrapper sends doubled slashes).
-- Bodies larger than ``max_body_bytes`` are refused before they are read.
+- Bodies larger than ``max_body_bytes`` are refused (422): with a Content-Length, before anything is read; chunked,
+  as soon as reading passes the limit.
+
+It runs in front of FastAPI's own middleware (api/app.py ``Service``), so it raises nothing the framework would
+have to catch: a chunked body over the limit raises ``BodyTooLarge`` inside the handler that reads it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmbackup.api import formats
+from vmbackup.errors import Invalid
 
 _SUFFIX = re.compile(r"\.(json|xml)(?=/|$)")
 _SLASHES = re.compile(r"/{2,}")
@@ -21,7 +26,8 @@ _SLASHES = re.compile(r"/{2,}")
 
 def negotiate(path: str, accept: str) -> tuple[str, str]:
     """Return (routing path, format)."""
-    path = _SLASHES.sub("/", path)
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
     fmt = None
     match = _SUFFIX.search(path)
     if match:
@@ -34,8 +40,15 @@ def negotiate(path: str, accept: str) -> tuple[str, str]:
     return path, fmt
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(Invalid):
+    """Raised while a handler reads a chunked body past the limit; api/errors.py answers it like any 422."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(_too_large_message(limit))
+
+
+def _too_large_message(limit: int) -> str:
+    return f"Request body is larger than {limit} bytes"
 
 
 class OnAppMiddleware:
@@ -47,13 +60,23 @@ class OnAppMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        path, fmt = negotiate(scope["path"], headers.get(b"accept", b"").decode("latin-1"))
+        accept, length, chunked = b"", b"0", False
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        path, fmt = negotiate(scope["path"], accept.decode("latin-1"))
         scope = dict(scope, path=path, raw_path=path.encode())
         scope.setdefault("state", {})["fmt"] = fmt
-        length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
             await self._too_large(fmt, send)
+            return
+        if not chunked:
+            # The server delivers exactly Content-Length bytes (or none without it), already checked above.
+            await self.app(scope, receive, send)
             return
         seen = 0
 
@@ -63,16 +86,13 @@ class OnAppMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(self.max_body)
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await self._too_large(fmt, send)
+        await self.app(scope, limited_receive, send)
 
     async def _too_large(self, fmt: str, send: Send) -> None:
-        response = formats.errors(fmt, 422, [f"Request body is larger than {self.max_body} bytes"])
+        response = formats.errors(fmt, 422, [_too_large_message(self.max_body)])
         await response({"type": "http"}, _no_receive, send)
 
 
