@@ -104,12 +104,18 @@ def test_a_cached_listing_is_never_served_to_another_caller(app, cache, world):
     assert world["as_alice"].client.get(f"/virtual_machines/{vm}/backups/images.json").status_code == 401
 
 
-def test_changing_the_password_ends_the_old_credentials_cached_answers(app, api, cache, world):
+def _alice_listed(app: Any, world: dict[str, Any]) -> tuple[int, Any]:
+    """Alice's VM with one backup, listed twice (so it is kept); returns (VM id, Alice's client)."""
     vm = world["vm_a"]["id"]
     make_backup(app, disk_id=world["disk_a"]["id"])
     alice = world["as_alice"]
     listing(alice, vm)
     assert listing(alice, vm).status_code == 200
+    return vm, alice
+
+
+def test_changing_the_password_ends_the_old_credentials_cached_answers(app, api, cache, world):
+    vm, alice = _alice_listed(app, world)
     r = api.put(f"/users/{world['alice']['id']}.json", {"user": {"password": "a-new-password-1"}})
     assert r.status_code == 204, r.text
     assert listing(alice, vm).status_code == 401
@@ -117,11 +123,7 @@ def test_changing_the_password_ends_the_old_credentials_cached_answers(app, api,
 
 
 def test_moving_the_vm_to_another_owner_ends_the_old_owners_cached_answers(app, api, cache, world):
-    vm = world["vm_a"]["id"]
-    make_backup(app, disk_id=world["disk_a"]["id"])
-    alice = world["as_alice"]
-    listing(alice, vm)
-    assert listing(alice, vm).status_code == 200
+    vm, alice = _alice_listed(app, world)
     r = api.put(f"/virtual_machines/{vm}.json", {"virtual_machine": {"user_id": world["bob"]["id"]}})
     assert r.status_code == 204, r.text
     assert listing(alice, vm).status_code == 404
@@ -129,11 +131,7 @@ def test_moving_the_vm_to_another_owner_ends_the_old_owners_cached_answers(app, 
 
 
 def test_a_throttled_account_is_not_answered_from_memory(app, cache, world):
-    vm = world["vm_a"]["id"]
-    make_backup(app, disk_id=world["disk_a"]["id"])
-    alice = world["as_alice"]
-    listing(alice, vm)
-    assert listing(alice, vm).status_code == 200
+    vm, alice = _alice_listed(app, world)
     for _ in range(app.state.settings.login_failures_per_minute):
         assert listing(alice.as_("alice", "guess"), vm).status_code == 401
     hits = cache.hits
