@@ -455,6 +455,10 @@ def machine_info() -> dict[str, Any]:
         "zstd": version("zstd --version"),
         "vmbackup_commit": version(f"git -C {HERE.parent} rev-parse --short HEAD"),
         "vmbackup_dirty": bool(version(f"git -C {HERE.parent} status --porcelain -- src | head -1") not in ("?", "")),
+        # The code the CLI steps run: another tree on PYTHONPATH (e.g. `git archive <commit> src`) wins over this one
+        "vmbackup_src": str(
+            Path(sh(f"{VENV_BIN / 'python'} -c 'import vmbackup; print(vmbackup.__file__)'").stdout.strip()).parent
+        ),
     }
 
 
@@ -989,7 +993,7 @@ def markdown(res: dict[str, Any]) -> str:
     L.append(
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, kernel {m['kernel']}; "
         f"{m['restic']}; {m['borg']}; {m['tar']}; {m['zstd'].strip('* ')}; vmbackup {m['vmbackup_commit']}"
-        f"{' (src modified)' if m['vmbackup_dirty'] else ''}."
+        f"{' (src modified)' if m['vmbackup_dirty'] else ''}, code run from {m.get('vmbackup_src', '?')}."
     )
     return "\n".join(L) + "\n"
 
