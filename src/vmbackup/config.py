@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     @classmethod
     def _listen_is_host_port(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(f"must be HOST:PORT, got {v!r}")
         return v
 

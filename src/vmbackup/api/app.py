@@ -32,7 +32,7 @@ from vmbackup.api.routes import (
     virtual_machines,
 )
 from vmbackup.config import Settings
-from vmbackup.db.changes import change_feed, track_commits
+from vmbackup.db.changes import ChangeClock, change_feed, track_commits
 from vmbackup.db.migrate import upgrade
 from vmbackup.db.session import make_engine, make_session_factory
 from vmbackup.jobs.procrastinate_queue import ProcrastinateQueue, ProcrastinateRunner
@@ -95,9 +95,9 @@ def create_app(settings: Settings) -> Service:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker, scheduler, cache = app.state.worker, app.state.scheduler, app.state.listing_cache
-        if cache is not None:
-            cache.feed.start()
+        worker, scheduler, clock = app.state.worker, app.state.scheduler, app.state.changes
+        if clock is not None:
+            clock.feed.start()
         if worker is not None:
             worker.start()
         if scheduler is not None:
@@ -111,8 +111,8 @@ def create_app(settings: Settings) -> Service:
                 # In a thread: both kinds wait for the transactions they run, and the procrastinate one needs
                 # this event loop free to wind down.
                 await asyncio.to_thread(worker.stop)
-            if cache is not None:
-                await asyncio.to_thread(cache.feed.stop)
+            if clock is not None:
+                await asyncio.to_thread(clock.feed.stop)
             engine.dispose()
 
     # Start-up order: migrate, seed, then serve. Done here (not in lifespan) so a broken database stops
@@ -154,19 +154,27 @@ def create_app(settings: Settings) -> Service:
     for module in ROUTERS:
         app.include_router(module.router)
     errors.install(app)
-    app.state.listing_cache = _listing_cache(settings, sessions, app.state.throttle)
+    app.state.changes = _change_clock(settings, sessions)
+    app.state.listing_cache = _listing_cache(settings, app.state.changes, app.state.throttle)
     app.install_front(settings, app.state.listing_cache)
     return app
 
 
-def _listing_cache(settings: Settings, sessions: sessionmaker[Session], throttle: LoginThrottle) -> ListingCache | None:
-    ttl = min(settings.listing_cache_seconds, settings.auth_cache_seconds)
+def _change_clock(settings: Settings, sessions: sessionmaker[Session]) -> ChangeClock | None:
+    """What the listing cache and the credential cache check their entries against (None: nothing is kept)."""
     feed = change_feed(settings.database_url)
-    if ttl <= 0 or feed is None:
+    if feed is None or settings.auth_cache_seconds <= 0:
         return None
-    cache = ListingCache(feed, throttle, ttl=ttl, max_bytes=settings.listing_cache_mib * 1024 * 1024)
-    track_commits(sessions, cache.bump)
-    return cache
+    clock = ChangeClock(feed)
+    track_commits(sessions, clock.bump)
+    return clock
+
+
+def _listing_cache(settings: Settings, clock: ChangeClock | None, throttle: LoginThrottle) -> ListingCache | None:
+    ttl = min(settings.listing_cache_seconds, settings.auth_cache_seconds)
+    if ttl <= 0 or clock is None:
+        return None
+    return ListingCache(clock, throttle, ttl=ttl, max_bytes=settings.listing_cache_mib * 1024 * 1024)
 
 
 def _delivery(

@@ -67,7 +67,7 @@ def _from_xml_element(el: Any) -> Any:
     if children:
         return {c.tag: _from_xml_element(c) for c in children}
     text = (el.text or "").strip()
-    if kind == "integer" and text.lstrip("-").isdigit():
+    if kind == "integer" and text.isascii() and text.lstrip("-").isdigit():
         return int(text)
     if kind == "boolean" and text in {"true", "false"}:
         return text == "true"

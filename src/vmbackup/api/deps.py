@@ -65,6 +65,12 @@ def authenticate(request: Request, db: Session) -> User:
     login, secret = _credentials(request)
     auth: Authenticator = request.app.state.auth
     throttle: LoginThrottle = request.app.state.throttle
+    clock = request.app.state.changes
+    version = clock.version() if clock is not None else None  # read before the row, see ChangeClock
+    known = auth.recall(login, secret, version)
+    if known is not None and not throttle.retry_after(f"user:{known.id}", f"ip:{_client_address(request)}"):
+        # Verified under this same clock reading: no user row has changed since, so no query (merge, no load).
+        return db.merge(known, load=False)
     user = user_queries.by_login_or_email(db, login)
     # Per account (whether named by login or email), else per name tried; and per client address.
     keys = (f"user:{user.id}" if user else f"login:{login.casefold()}", f"ip:{_client_address(request)}")
@@ -78,7 +84,7 @@ def authenticate(request: Request, db: Session) -> User:
         auth.burn()
         throttle.failed(*keys)
         raise Unauthorized()
-    if user.status != "active" or not auth.check(user, login, secret):
+    if user.status != "active" or not auth.check(user, login, secret, version):
         throttle.failed(*keys)
         raise Unauthorized()
     return user

@@ -9,9 +9,9 @@ An entry is the exact response (status 200, headers, body) to one caller's reque
 the Authorization header, path, format and query string (no plain credentials are kept). It is served only while
 all of these hold, otherwise the request goes through the application as usual and refills the entry:
 
-- the change feed's number (db/changes.py: SQLite ``data_version``, PostgreSQL NOTIFY triggers on the tables a
-  listing reads) and this process's own commit counter are what they were when the entry was filled; the counter
-  moves right after any session here commits a write, so a client reading its own write never gets the old list;
+- the change clock (db/changes.py: the change feed, SQLite ``data_version`` or PostgreSQL NOTIFY triggers on the
+  tables a listing reads, plus this process's own commits, counted right after any session here commits a write,
+  so a client reading its own write never gets the old list) reads as it did when the entry was filled;
 - the entry is younger than ``ttl`` (at most the password cache's lifetime: a cached listing must not outlive the
   credential check it stands for);
 - neither the caller's account nor their address is being throttled for failed logins (the application then
@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vmbackup.db.changes import ChangeFeed
+from vmbackup.db.changes import ChangeClock
 from vmbackup.services.auth import LoginThrottle
 
 # The listing routes of api/routes/backups.py (after OnAppMiddleware removed the suffix and extra slashes).
@@ -56,8 +55,8 @@ class _Entry:
 
 
 class ListingCache:
-    def __init__(self, feed: ChangeFeed, throttle: LoginThrottle, *, ttl: float, max_bytes: int) -> None:
-        self.feed = feed
+    def __init__(self, clock: ChangeClock, throttle: LoginThrottle, *, ttl: float, max_bytes: int) -> None:
+        self.clock = clock
         self._throttle = throttle
         self._ttl = ttl
         self._max_bytes = max_bytes
@@ -65,19 +64,11 @@ class ListingCache:
         self._secret = secrets.token_bytes(32)
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
-        self._local = 0
-        self._bump_lock = threading.Lock()
         self.hits = 0
         self.fills = 0
 
-    def bump(self) -> None:
-        """A write was committed through this process: end every entry (called from any thread)."""
-        with self._bump_lock:
-            self._local += 1
-
     def version(self) -> tuple[int, int] | None:
-        feed = self.feed.version()
-        return None if feed is None else (feed, self._local)
+        return self.clock.version()
 
     def key(self, scope: Scope) -> bytes | None:
         auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)

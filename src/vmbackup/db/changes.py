@@ -158,6 +158,29 @@ class PostgresChanges(_Watcher):
                     probe_at = time.monotonic() + self._probe
 
 
+class ChangeClock:
+    """The change feed's number plus this process's own write commits (``bump``, see ``track_commits``).
+
+    Two equal readings mean nothing a listing or a login reads has been committed in between, by this process or
+    any other (up to the feed's delivery delay for other processes). Read it *before* reading the database: a
+    result stored under that reading is then never newer than the data it stands for.
+    """
+
+    def __init__(self, feed: ChangeFeed) -> None:
+        self.feed = feed
+        self._local = 0
+        self._lock = threading.Lock()
+
+    def bump(self) -> None:
+        """A write was committed through this process (called from any thread, right after the commit)."""
+        with self._lock:
+            self._local += 1
+
+    def version(self) -> tuple[int, int] | None:
+        feed = self.feed.version()
+        return None if feed is None else (feed, self._local)
+
+
 def change_feed(database_url: str) -> ChangeFeed | None:
     """The feed for ``database_url``; None for an in-memory SQLite database (nothing else can open it)."""
     url = make_url(database_url)

@@ -23,9 +23,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import inspect
+from sqlalchemy.orm import make_transient_to_detached
 
 from vmbackup.db.models import User
 
@@ -47,6 +50,17 @@ class _Entry:
     user_id: int
     fingerprint: str
     expires: float
+    # The verified user row, and the change clock's reading taken before it was read (db/changes.ChangeClock):
+    # while the clock still reads the same, no user row can have changed, so the row need not be read again.
+    snapshot: User | None = None
+    version: Any = None
+
+
+def _snapshot(user: User) -> User:
+    """A detached copy of ``user``'s columns, to hand to other sessions with ``Session.merge(load=False)``."""
+    copy = User(**{attr.key: getattr(user, attr.key) for attr in inspect(User).column_attrs})
+    make_transient_to_detached(copy)
+    return copy
 
 
 class Authenticator:
@@ -64,20 +78,38 @@ class Authenticator:
     def _cache_key(self, login: str, secret: str) -> bytes:
         return hmac.new(self._key, f"{login}\0{secret}".encode(), hashlib.sha256).digest()
 
-    def check(self, user: User, login: str, secret: str) -> bool:
-        """True when ``secret`` is the user's password or API key."""
+    def recall(self, login: str, secret: str, version: Any) -> User | None:
+        """The user these credentials verified as, if that was under change clock reading ``version`` (so the row
+        cannot have changed since) and within the cache's lifetime; else None (read the row and ``check``)."""
+        if version is None:
+            return None
+        key = self._cache_key(login, secret)
+        with self._lock:
+            entry = self._cache.get(key)
+        if entry is None or entry.version != version or entry.expires <= time.monotonic():
+            return None
+        return entry.snapshot
+
+    def check(self, user: User, login: str, secret: str, version: Any = None) -> bool:
+        """True when ``secret`` is the user's password or API key. ``version``: the change clock's reading taken
+        before ``user`` was read; with it, a later ``recall`` under the same reading skips reading the row."""
         key = self._cache_key(login, secret)
         now = time.monotonic()
         with self._lock:
             entry = self._cache.get(key)
         fresh = entry is not None and entry.expires > now and entry.user_id == user.id
         if fresh and entry is not None and hmac.compare_digest(entry.fingerprint, _fingerprint(user)):
+            if version is not None:  # a new entry, not two assignments: recall must see both or neither
+                renewed = _Entry(entry.user_id, entry.fingerprint, entry.expires, _snapshot(user), version)
+                with self._lock:
+                    self._cache[key] = renewed
             return True
         if not self._verify(user, secret):
             return False
         if self._ttl > 0:
+            snapshot = _snapshot(user) if version is not None else None
             with self._lock:
-                self._cache[key] = _Entry(user.id, _fingerprint(user), now + self._ttl)
+                self._cache[key] = _Entry(user.id, _fingerprint(user), now + self._ttl, snapshot, version)
                 self._cache.move_to_end(key)
                 while len(self._cache) > self._max:
                     self._cache.popitem(last=False)

@@ -114,7 +114,7 @@ def new_incremental(
 def _number(name: str, value: str | None) -> int | None:
     if value in (None, ""):
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "³" is a digit to isdigit(), not to int()
         raise Invalid(fields={name: ["must be a whole number of kB"]})
     return int(value)
 

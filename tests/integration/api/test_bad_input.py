@@ -142,3 +142,13 @@ def test_xml_request_body_is_accepted(api):
 def test_deleting_things_in_use_is_refused(api, world):
     assert api.delete(f"/settings/data_stores/{world['data_store']['id']}.json").status_code == 422
     assert api.delete(f"/users/{world['alice']['id']}.json").status_code == 422
+
+
+def test_non_ascii_digits_are_not_numbers(api):
+    # str.isdigit() accepts "³" and "٣", int() does not: each was a 500 (found by the fuzz test).
+    assert api.get("/transactions/page/%C2%B3.json").status_code == 404  # names no page, as any non-number
+    r = api.get("/settings/backup_servers/1/backups_search.json?size[from]=%C2%B3")
+    assert r.status_code == 422 and "size[from]" in r.text
+    xml = '<data_store><label type="integer">\u0663</label></data_store>'
+    r = api.post("/settings/data_stores.xml", content=xml.encode(), headers={"Content-Type": "application/xml"})
+    assert r.status_code in (201, 422), r.text

@@ -23,14 +23,14 @@ def cache(app: Any, api: Any) -> Any:
     """The app's cache, with its change feed watching (the watcher thread starts with the app)."""
     cache = app.state.listing_cache
     assert cache is not None
-    assert cache.feed.wait_ready(10), "the change feed did not come up"
+    assert cache.clock.feed.wait_ready(10), "the change feed did not come up"
     return cache
 
 
 def _wait_for_feed(cache: Any, before: int | None) -> None:
     """Wait until the feed has seen a commit made elsewhere (it watches in a thread of its own)."""
     deadline = time.monotonic() + 10
-    while cache.feed.version() == before and time.monotonic() < deadline:
+    while cache.clock.feed.version() == before and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -82,7 +82,7 @@ def test_a_commit_by_another_process_shows_in_the_next_listing(app, cache, world
     alice = world["as_alice"]
     listing(alice, vm)
     assert listing(alice, vm).json()[0]["backup"]["note"] == "old"
-    before = cache.feed.version()
+    before = cache.clock.feed.version()
     # A separate process (as `vmbackup worker`, the CLI or psql would be) changes the row behind the API's back.
     script = f"""
         from sqlalchemy import create_engine, text

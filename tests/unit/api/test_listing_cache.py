@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vmbackup.api.listing_cache import ListingCache
+from vmbackup.db.changes import ChangeClock
 from vmbackup.services.auth import LoginThrottle
 
 
@@ -23,7 +24,8 @@ SCOPE = {"client": ("10.0.0.1", 1)}
 
 
 def _cache(feed: Feed, **kw: float) -> ListingCache:
-    return ListingCache(feed, LoginThrottle(), **{"ttl": 60.0, "max_bytes": 64 * 1024, **kw})  # type: ignore[arg-type]
+    clock = ChangeClock(feed)  # type: ignore[arg-type]
+    return ListingCache(clock, LoginThrottle(), **{"ttl": 60.0, "max_bytes": 64 * 1024, **kw})  # type: ignore[arg-type]
 
 
 def test_memory_is_bounded_least_recently_used_first_and_big_bodies_are_not_kept():
@@ -52,7 +54,7 @@ def test_an_entry_ends_with_a_change_a_local_commit_or_its_lifetime():
     assert cache.lookup(b"k", cache.version(), SCOPE) is None
     v = cache.version()
     cache.fill(b"k", v, 7, START, b"[]")
-    cache.bump()
+    cache.clock.bump()
     assert cache.lookup(b"k", cache.version(), SCOPE) is None
     feed.n = None
     assert cache.version() is None
@@ -65,6 +67,6 @@ def test_an_entry_ends_with_a_change_a_local_commit_or_its_lifetime():
 def test_a_fill_read_before_a_commit_is_not_kept():
     cache = _cache(Feed())
     v = cache.version()
-    cache.bump()  # committed while the listing was being read
+    cache.clock.bump()  # committed while the listing was being read
     cache.fill(b"k", v, 7, START, b"[]")
     assert len(cache) == 0

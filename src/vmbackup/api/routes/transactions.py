@@ -36,7 +36,8 @@ async def paging(request: Request) -> Paging:
 
     def number(name: str, default: int) -> int:
         value = str(params.get(name, ""))
-        return int(value) if value.isdigit() and 0 < int(value) < 2**31 else default
+        # isascii: str.isdigit() also accepts digits int() refuses, such as "³" (found by the fuzz test)
+        return int(value) if value.isascii() and value.isdigit() and 0 < int(value) < 2**31 else default
 
     return Paging(number("page", 1), number("per_page", transactions.DEFAULT_PER_PAGE), "detailed" in params)
 
