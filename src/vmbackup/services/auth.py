@@ -4,7 +4,10 @@ Why the cache is safe: its key is an HMAC (under a per-process random secret) of
 and its value records which stored credential verified it (a fingerprint of the user's password hash and API-key
 hash). A hit is honoured only while the user's current row still has that fingerprint, so changing the password,
 regenerating the API key or deleting the user invalidates every cached entry at once; entries also expire after
-``ttl`` seconds. Plain secrets are never kept in memory beyond the request.
+``ttl`` seconds. Where the caller has a change clock (db/changes.py: it moves with every commit to the users table,
+from any process), an entry also keeps a copy of the verified row and the clock's reading; under the same reading
+no row can have changed, so ``recall`` hands back the copy without reading the row at all. Plain secrets are never
+kept in memory beyond the request.
 
 Guessing is rate limited by ``LoginThrottle``: failed logins are counted per login and per client address, and past
 the limit the caller gets 429 with Retry-After. While throttled only API keys are checked (160 random bits, not

@@ -161,3 +161,20 @@ def test_turned_off_by_a_zero_lifetime(settings):
             assert app.state.listing_cache is None
         finally:
             app.state.engine.dispose()
+
+
+def test_a_password_changed_by_another_process_ends_the_remembered_credential(app, cache, world, database_url):
+    alice = world["as_alice"]
+    for _ in range(2):  # the second request is answered from the remembered user row (no query)
+        assert alice.get("/virtual_machines.json").status_code == 200
+    new_hash = app.state.auth.hash_password("changed-elsewhere-1")
+    before = cache.clock.feed.version()
+    script = f"""
+        from sqlalchemy import create_engine, text
+        with create_engine({database_url!r}).begin() as conn:
+            conn.execute(text("UPDATE users SET password_hash = :h WHERE login = 'alice'"), {{"h": {new_hash!r}}})
+    """
+    subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True)
+    _wait_for_feed(cache, before)
+    assert alice.get("/virtual_machines.json").status_code == 401
+    assert alice.as_("alice", "changed-elsewhere-1").get("/virtual_machines.json").status_code == 200
