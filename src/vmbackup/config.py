@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     worker: Literal["inprocess", "external"] = "inprocess"
     worker_concurrency: int = Field(default=2, ge=1, le=64)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Threads that run request handlers (database work) at once; more requests wait for a free one. Few, because
+    # handlers are mostly Python holding the GIL. Uncached listings at 64 connections (bench/api_threads.py,
+    # BENCHMARKS.md "API"), req/s and p99 ms, SQLite | PostgreSQL: 40 threads (anyio's default) 141, 1030 |
+    # 180, 759; 8: 154, 508 | 180, 513; 4: 179, 394 | 192, 460; 2: 205, 344 | 193, 486. 4 leaves room for
+    # requests that wait on the database (a busy SQLite, a distant PostgreSQL): raise it for those.
+    api_threads: int = Field(default=4, ge=1, le=1024)
     # How long a verified Basic credential is trusted without re-running the password hash.
     auth_cache_seconds: int = Field(default=300, ge=0, le=86400)
     # Rendered backup listings kept in memory (api/listing_cache.py): how long at most (never longer than the
