@@ -52,6 +52,12 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+# Every table's ids are never reused: other records (a backup's VM, disk and owner, a transaction's backup) keep
+# ids of rows that may be deleted, and a reused id would hand them to a stranger (issue 10, F1). PostgreSQL's
+# sequences never reuse; SQLite reuses the highest id after a delete unless the table is AUTOINCREMENT.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Timestamps:
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

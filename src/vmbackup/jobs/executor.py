@@ -35,19 +35,40 @@ def _now() -> datetime:
 
 
 class TxLog:
-    """The transaction's ``log_output``: timestamped lines, flushed to the database by the heartbeat."""
+    """The transaction's ``log_output``: timestamped lines, flushed to the database by the heartbeat. Its owner
+    reads it, so what a task marks secret (`hide`: image and storage paths, F13) never reaches it; the service
+    log keeps the full failure message for the operator."""
 
     def __init__(self, existing: str = "") -> None:
         self.lines = [existing.rstrip("\n")] if existing else []
         self._lock = threading.Lock()
+        self._hidden: dict[str, str] = {}
+
+    def hide(self, secret: str, shown: str) -> None:
+        if secret:
+            with self._lock:
+                self._hidden[secret] = shown
+
+    def _redact(self, message: str) -> str:
+        for secret in sorted(self._hidden, key=len, reverse=True):  # longest first: a path before its parent
+            message = message.replace(secret, self._hidden[secret])
+        return message
 
     def __call__(self, message: str) -> None:
         with self._lock:
-            self.lines.append(f"[{_now().isoformat()}] {message}")
+            self.lines.append(f"[{_now().isoformat()}] {self._redact(message)}")
 
     def text(self) -> str:
         with self._lock:
             return "\n".join(self.lines) + "\n"
+
+    def secrets(self) -> dict[str, str]:
+        """Placeholder -> the hidden text (the first hidden under it), for admins' view of the log."""
+        with self._lock:
+            out: dict[str, str] = {}
+            for secret, shown in self._hidden.items():
+                out.setdefault(shown, secret)
+            return out
 
 
 def _write(sessions: Sessions, tx_id: int, **values: object) -> None:
@@ -59,10 +80,21 @@ def _write(sessions: Sessions, tx_id: int, **values: object) -> None:
             db.commit()
 
 
+def _finish(sessions: Sessions, tx_id: int, **values: object) -> None:
+    """Record the outcome and give up the transaction's lock keys, in one database transaction."""
+    with sessions() as db:
+        tx = db.get(Transaction, tx_id)
+        if tx is not None:
+            for key, value in values.items():
+                setattr(tx, key, value)
+        q.release_locks(db, tx_id)
+        db.commit()
+
+
 def _heartbeat(sessions: Sessions, tx_id: int, txlog: TxLog, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_SECONDS):
         try:
-            _write(sessions, tx_id, heartbeat_at=_now(), log_output=txlog.text())
+            _write(sessions, tx_id, heartbeat_at=_now(), log_output=txlog.text(), log_secrets=txlog.secrets())
         except Exception:  # a database blip must not kill the work; the next beat tries again
             log.warning("heartbeat of transaction %s failed", tx_id, exc_info=True)
 
@@ -72,7 +104,7 @@ def execute(sessions: Sessions, tx_id: int, me: str | None = None) -> str | None
     me = me or worker_id()
     with sessions() as db:
         tx = db.get(Transaction, tx_id)
-        if tx is None or tx.status != "pending" or not q.claim(db, tx_id, tx.lock_key, me, os.getpid(), _now()):
+        if tx is None or tx.status != "pending" or not q.claim(db, tx_id, list(tx.lock_keys), me, os.getpid(), _now()):
             return None
         db.refresh(tx)
         db.expunge(tx)
@@ -86,6 +118,7 @@ def execute(sessions: Sessions, tx_id: int, me: str | None = None) -> str | None
         tasks.ACTIONS[tx.action](sessions, tx, txlog)
         status = "complete"
     except VmbackupError as exc:
+        log.warning("transaction %s (%s) failed: %s", tx_id, tx.action, exc.message)
         txlog(f"Failed: {exc.message}")
     except Exception as exc:
         log.exception("transaction %s (%s) crashed", tx_id, tx.action)
@@ -98,7 +131,15 @@ def execute(sessions: Sessions, tx_id: int, me: str | None = None) -> str | None
             tasks.fail(sessions, tx)
         except Exception:
             log.exception("could not release the locks of transaction %s", tx_id)
-    _write(sessions, tx_id, status=status, finished_at=_now(), heartbeat_at=_now(), log_output=txlog.text())
+    _finish(
+        sessions,
+        tx_id,
+        status=status,
+        finished_at=_now(),
+        heartbeat_at=_now(),
+        log_output=txlog.text(),
+        log_secrets=txlog.secrets(),
+    )
     return status
 
 
@@ -138,9 +179,13 @@ def recover(sessions: Sessions, *, clean_storage: bool = False) -> list[int]:
             f"(last heartbeat {tx.heartbeat_at}); recovered by {worker_id()}"
         )
         tasks.fail(sessions, tx)
-        _write(sessions, tx.id, status="failed", finished_at=now, log_output=txlog.text())
+        _finish(sessions, tx.id, status="failed", finished_at=now, log_output=txlog.text())
         recovered.append(tx.id)
         log.warning("recovered transaction %s left running by %s", tx.id, tx.worker)
+    with sessions() as db:
+        if q.release_stray_locks(db):
+            log.warning("released lock keys held for transactions that were not running")
+        db.commit()
     if clean_storage:
         with sessions() as db:
             if not q.running(db):

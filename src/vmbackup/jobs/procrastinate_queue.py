@@ -2,8 +2,9 @@
 
 The transaction row stays the single record of what happened (`executor.execute` claims it, heartbeats it and
 records the outcome); procrastinate adds delivery to any number of worker processes, one job at a time per lock
-key (``lock=tx.lock_key``, e.g. ``vm:7``), no duplicate waiting job per transaction (``queueing_lock``), worker
-heartbeats, and a periodic maintenance task. Two sides:
+key (``lock=tx.lock_key``: the first of the transaction's keys, e.g. ``vm:7``; the claim then takes all of them),
+no duplicate waiting job per transaction (``queueing_lock``), worker heartbeats, and a periodic maintenance task.
+Two sides:
 
 - `ProcrastinateQueue` (API processes, and the maintenance task): defers jobs synchronously through our own
   SQLAlchemy engine's connections, so an API process opens no second pool and needs no event loop.
@@ -147,7 +148,7 @@ def _tx_status(sessions: Sessions, kwargs: dict[str, Any]) -> str | None:
 # ours that does, kept here with the rest of the queue.
 _ORPHANS = text(
     """
-    SELECT t.id, t.identifier, t.lock_key FROM transactions t
+    SELECT t.id, t.identifier, COALESCE(t.lock_keys->>0, '') FROM transactions t
      WHERE t.status = 'pending'
        AND NOT EXISTS (
            SELECT 1 FROM procrastinate_jobs j

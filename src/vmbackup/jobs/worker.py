@@ -31,7 +31,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmbackup-tx")
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._inflight: dict[int, tuple[str, Future[str | None]]] = {}
+        self._inflight: dict[int, tuple[list[str], Future[str | None]]] = {}
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -75,17 +75,17 @@ class Worker:
         if free <= 0:
             return 0
         with self.sessions() as db:
-            busy = q.busy_lock_keys(db) | {key for key, _ in self._inflight.values()}
-            candidates = [(tx.id, tx.lock_key) for tx in q.pending(db)]
+            busy = q.busy_lock_keys(db) | {key for keys, _ in self._inflight.values() for key in keys}
+            candidates = [(tx.id, list(tx.lock_keys)) for tx in q.pending(db)]
         started = 0
-        for tx_id, lock_key in candidates:
+        for tx_id, lock_keys in candidates:
             if started >= free:
                 break
-            if lock_key in busy or tx_id in self._inflight:
+            if busy.intersection(lock_keys) or tx_id in self._inflight:
                 continue
-            busy.add(lock_key)
+            busy.update(lock_keys)
             future = self._pool.submit(self._run, tx_id)
-            self._inflight[tx_id] = (lock_key, future)
+            self._inflight[tx_id] = (lock_keys, future)
             started += 1
         return started
 

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, User, VirtualMachine
 from vmbackup.db.queries import backups as backup_queries
+from vmbackup.db.queries import inventory
 from vmbackup.errors import Conflict, Invalid
 from vmbackup.services import backups, transactions
 from vmbackup.services.backups import get_backup
@@ -27,10 +28,21 @@ def _backup_server(db: Session) -> BackupServer:
     return best
 
 
-def _vm_lock(vm_id: int) -> str:
+# Lock keys: the worker runs a transaction only while it holds all of its keys (`db.models.Lock`), and API changes
+# to a VM or disk hold theirs briefly (`machines`), so nothing changes or deletes what a running transaction
+# reads or writes (F2, F18). The first key is the one job delivery serialises on.
+def vm_key(vm_id: int) -> str:
     # Takes and restores of one VM's disks run one at a time: a restore must never overlap a backup of the
     # same disk, and two backups of a disk gain nothing from running together.
     return f"vm:{vm_id}"
+
+
+def disk_lock_key(disk_id: int) -> str:
+    return f"disk:{disk_id}"
+
+
+def backup_key(backup_id: int) -> str:
+    return f"backup:{backup_id}"
 
 
 def take_normal(
@@ -46,7 +58,7 @@ def take_normal(
     if not disk.image_path:
         raise Conflict("Backup cannot be made at this time: the disk has no image path")
     backup = backups.new_normal(db, disk, _backup_server(db).id, note=note, initiated=initiated)
-    return backup, _queue_take(db, backup, "take_backup", schedule_id, {"disk_id": disk.id})
+    return backup, _queue_take(db, actor, backup, "take_backup", schedule_id, [disk])
 
 
 def take_incremental(
@@ -56,16 +68,21 @@ def take_incremental(
     disks = [d for d in vm.disks if d.image_path]
     if not disks:
         raise Conflict("Backup cannot be made at this time: the virtual machine has no disk with an image path")
-    backup = backups.new_incremental(db, vm, _backup_server(db).id, note=note, initiated=initiated)
-    return backup, _queue_take(db, backup, "take_incremental_backup", schedule_id, {"disk_ids": [d.id for d in disks]})
+    backup = backups.new_incremental(db, vm, disks, _backup_server(db).id, note=note, initiated=initiated)
+    return backup, _queue_take(db, actor, backup, "take_incremental_backup", schedule_id, disks)
 
 
 def _queue_take(
-    db: Session, backup: Backup, action: str, schedule_id: int | None, params: dict[str, object]
+    db: Session, actor: User, backup: Backup, action: str, schedule_id: int | None, disks: list[Disk]
 ) -> Transaction:
     """Lock the new backup and queue the transaction that writes its data."""
     backup.schedule_id = schedule_id
     backup.locked = True
+    params: dict[str, object] = {"requested_by": actor.id}
+    if action == "take_backup":
+        params["disk_id"] = disks[0].id
+    else:
+        params["disk_ids"] = [d.id for d in disks]
     tx = transactions.create(
         db,
         action=action,
@@ -73,36 +90,58 @@ def _queue_take(
         parent_id=backup.id,
         vm_id=backup.virtual_machine_id,
         user_id=backup.user_id,
-        lock_key=_vm_lock(backup.virtual_machine_id),
+        lock_keys=[vm_key(backup.virtual_machine_id), *(disk_lock_key(d.id) for d in disks), backup_key(backup.id)],
         params=params,
     )
     db.commit()
     return tx
 
 
-def _usable(backup: Backup, what: str) -> None:
-    if not backup.built:
+def _lock_backup(db: Session, backup: Backup, what: str, *, built: bool = True) -> None:
+    """Lock ``backup`` for one action, or say why not. The check and the lock are one statement (F2)."""
+    if backup_queries.lock(db, backup.id, built=built):
+        return
+    db.rollback()
+    db.refresh(backup)
+    if built and not backup.built:
         raise Conflict(f"Backup cannot be {what}: it is not built")
-    if backup.locked:
-        raise Conflict(f"Backup cannot be {what}: it is locked by another transaction")
+    raise Conflict(f"Backup cannot be {what}: it is locked by another transaction")
+
+
+def restore_targets(db: Session, backup: Backup) -> tuple[VirtualMachine, list[Disk]]:
+    """The VM and disks ``backup`` may be restored onto: the very ones it was taken of (same identifiers), never
+    a VM or disk that has since got its id. Raises Conflict otherwise."""
+    vm = db.get(VirtualMachine, backup.virtual_machine_id)
+    if vm is None or backup.vm_identifier is None or vm.identifier != backup.vm_identifier:
+        raise Conflict("Backup cannot be restored: the virtual machine it was taken of no longer exists")
+    bound = backup.disk_identifiers or {}
+    disks = [d for d in vm.disks if bound.get(backups.disk_key(d.id)) == d.identifier and d.image_path]
+    if not disks or (backup.backup_type == "normal" and disks[0].identifier != backup.disk_identifier):
+        raise Conflict("Backup cannot be restored: the disk it was taken of no longer exists or has no image path")
+    return vm, disks
+
+
+def may_act_on(actor: User, vm: VirtualMachine, backup: Backup) -> bool:
+    """Restoring writes the VM's disks: only for someone who may act on that VM now and owns the backup (or an
+    admin). A VM given to another user since is not the backup owner's to overwrite (F1)."""
+    return actor.is_admin or (vm.user_id == actor.id and backup.user_id == actor.id)
 
 
 def restore(db: Session, actor: User, backup_id: int) -> Transaction:
     backup = get_backup(db, actor, backup_id)
-    _usable(backup, "restored")
-    vm = db.get(VirtualMachine, backup.virtual_machine_id)
-    if vm is None:
-        raise Conflict("Backup cannot be restored: its virtual machine no longer exists")
-    if vm.booted:
-        raise Conflict("Virtual machine must be stopped before a backup is restored")
-    if vm.locked:
+    if not backup.built:
+        raise Conflict("Backup cannot be restored: it is not built")
+    vm, disks = restore_targets(db, backup)
+    if not may_act_on(actor, vm, backup):
+        # Said as if the VM were gone: whether someone else owns it now is not the caller's to learn.
+        raise Conflict("Backup cannot be restored: the virtual machine it was taken of no longer exists")
+    _lock_backup(db, backup, "restored")
+    if not inventory.lock_vm(db, vm.id):
+        db.rollback()
+        db.refresh(vm)
+        if vm.booted:
+            raise Conflict("Virtual machine must be stopped before a backup is restored")
         raise Conflict("Virtual machine is locked by another transaction")
-    if backup.disk_id is not None:
-        disk = db.get(Disk, backup.disk_id)
-        if disk is None or not disk.image_path:
-            raise Conflict("Backup cannot be restored: its disk no longer exists or has no image path")
-    backup.locked = True
-    vm.locked = True
     tx = transactions.create(
         db,
         action="restore_backup",
@@ -110,7 +149,8 @@ def restore(db: Session, actor: User, backup_id: int) -> Transaction:
         parent_id=backup.id,
         vm_id=vm.id,
         user_id=backup.user_id,
-        lock_key=_vm_lock(vm.id),
+        lock_keys=[vm_key(vm.id), *(disk_lock_key(d.id) for d in disks), backup_key(backup.id)],
+        params={"requested_by": actor.id},
     )
     db.commit()
     return tx
@@ -118,9 +158,9 @@ def restore(db: Session, actor: User, backup_id: int) -> Transaction:
 
 def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[ImageTemplate, Transaction]:
     backup = get_backup(db, actor, backup_id)
-    _usable(backup, "converted")
     if not label:
         raise Invalid(fields={"label": ["can't be blank"]})
+    _lock_backup(db, backup, "converted")
     template = ImageTemplate(
         label=label,
         state="pending",
@@ -138,7 +178,6 @@ def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[Image
     db.add(template)
     db.flush()
     template.file_name = f"{template.identifier}.tar.zst"
-    backup.locked = True
     tx = transactions.create(
         db,
         action="convert_backup",
@@ -146,7 +185,7 @@ def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[Image
         parent_id=backup.id,
         vm_id=backup.virtual_machine_id,
         user_id=backup.user_id,
-        lock_key=f"backup:{backup.id}",
+        lock_keys=[backup_key(backup.id)],
         params={"template_id": template.id},
     )
     db.commit()
@@ -155,16 +194,20 @@ def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[Image
 
 def delete(db: Session, actor: User, backup_id: int) -> Transaction:
     backup = get_backup(db, actor, backup_id)
-    if backup.locked:
-        raise Conflict("Backup cannot be deleted: it is locked by another transaction")
-    tx = queue_destroy(db, backup)
+    _lock_backup(db, backup, "deleted", built=False)
+    tx = _destroy(db, backup)
     db.commit()
     return tx
 
 
-def queue_destroy(db: Session, backup: Backup) -> Transaction:
-    """Lock the backup and queue its deletion (users' deletes and retention both come here)."""
-    backup.locked = True
+def queue_destroy(db: Session, backup: Backup) -> Transaction | None:
+    """Lock the backup and queue its deletion (retention); None if it is busy with another action."""
+    if not backup_queries.lock(db, backup.id, built=False):
+        return None
+    return _destroy(db, backup)
+
+
+def _destroy(db: Session, backup: Backup) -> Transaction:
     return transactions.create(
         db,
         action="destroy_backup",
@@ -172,5 +215,5 @@ def queue_destroy(db: Session, backup: Backup) -> Transaction:
         parent_id=backup.id,
         vm_id=backup.virtual_machine_id,
         user_id=backup.user_id,
-        lock_key=f"backup:{backup.id}",
+        lock_keys=[backup_key(backup.id)],
     )

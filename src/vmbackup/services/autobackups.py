@@ -93,10 +93,11 @@ def rotate(db: Session, schedule_id: int) -> list[Transaction]:
         return []
     queued = []
     for backup in q.kept_backups(db, schedule_id)[max(schedule.rotation_period, 1) :]:
-        if backup.locked:
+        tx = actions.queue_destroy(db, backup)
+        if tx is None:
             continue  # busy (being restored or converted): the next rotation takes it
         backup.marked_for_delete = True
-        queued.append(actions.queue_destroy(db, backup))
+        queued.append(tx)
     db.commit()
     return queued
 

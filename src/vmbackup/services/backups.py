@@ -10,25 +10,27 @@ from vmbackup.db.models import Backup, BackupServer, Disk, User, VirtualMachine
 from vmbackup.db.queries import backups as q
 from vmbackup.db.queries import inventory
 from vmbackup.errors import Invalid, NotFound
-from vmbackup.services.access import find, find_owned, require_admin
+from vmbackup.services.access import find, find_owned, owner_scope, require_admin
 from vmbackup.services.machines import get_disk
 
 KINDS = {"all": None, "images": "normal", "files": "incremental"}
 
 
 def list_for_vm(db: Session, actor: User, vm_id: int, kind: str = "all") -> list[q.BackupRow]:
-    # Only the owner is needed to check visibility: cheaper than loading the VM (the hot path of the API).
-    owner = inventory.vm_owner(db, vm_id)
-    if owner is None or (not actor.is_admin and owner != actor.id):
+    """The backups taken of this VM; a user sees only their own among them (a VM given to them by an admin comes
+    without the previous owner's backups, F14)."""
+    # Only the owner and identifier are needed to check visibility: cheaper than loading the VM (the API's hot path).
+    found = inventory.vm_owner(db, vm_id)
+    if found is None or (not actor.is_admin and found[0] != actor.id):
         raise NotFound("VirtualMachine not found")
-    return q.for_vm(db, vm_id, KINDS[kind])
+    return q.for_vm(db, vm_id, found[1], KINDS[kind], owner_scope(actor))
 
 
 def list_for_disk(db: Session, actor: User, disk_id: int, vm_id: int | None = None) -> list[q.BackupRow]:
     disk = get_disk(db, actor, disk_id)
     if vm_id is not None and disk.virtual_machine_id != vm_id:
         raise NotFound("Disk not found")
-    return q.for_disk(db, disk_id)
+    return q.for_disk(db, disk_id, disk.identifier, owner_scope(actor))
 
 
 def list_for_user(db: Session, actor: User, user_id: int) -> list[q.BackupRow]:
@@ -51,11 +53,17 @@ def edit(db: Session, actor: User, backup_id: int, changes: dict[str, str | None
     db.commit()
 
 
+def disk_key(disk_id: int) -> str:
+    """How a disk is named inside an incremental backup's manifest and in ``Backup.disk_identifiers``."""
+    return f"disk-{disk_id}"
+
+
 def _snapshot(vm: VirtualMachine) -> dict[str, object]:
     """What OnApp copies into a backup from the VM and its template when the backup is taken."""
     t = vm.template
     return {
         "virtual_machine_id": vm.id,
+        "vm_identifier": vm.identifier,
         "user_id": vm.user_id,
         "template_id": vm.template_id,
         "operating_system": t.operating_system,
@@ -77,6 +85,8 @@ def new_normal(
         target_type="Disk",
         target_id=disk.id,
         disk_id=disk.id,
+        disk_identifier=disk.identifier,
+        disk_identifiers={disk_key(disk.id): disk.identifier},
         image_type="tar",
         data_store_type=disk.data_store.data_store_type,
         backup_server_id=server_id,
@@ -90,15 +100,22 @@ def new_normal(
 
 
 def new_incremental(
-    db: Session, vm: VirtualMachine, server_id: int | None, *, note: str | None = None, initiated: str = "manual"
+    db: Session,
+    vm: VirtualMachine,
+    disks: list[Disk],
+    server_id: int | None,
+    *,
+    note: str | None = None,
+    initiated: str = "manual",
 ) -> Backup:
-    """An unbuilt incremental backup record of a whole VM."""
+    """An unbuilt incremental backup record of a whole VM (``disks``: those it will hold)."""
     primary = next((d for d in vm.disks if d.primary), vm.disks[0] if vm.disks else None)
     backup = Backup(
         backup_type="incremental",
         target_type="VirtualMachine",
         target_id=vm.id,
         disk_id=None,
+        disk_identifiers={disk_key(d.id): d.identifier for d in disks},
         image_type=None,
         data_store_type=primary.data_store.data_store_type if primary else None,
         backup_server_id=server_id,

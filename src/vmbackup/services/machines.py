@@ -10,8 +10,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from vmbackup.db.base import utcnow
 from vmbackup.db.models import DataStore, Disk, ImageTemplate, User, VirtualMachine
 from vmbackup.db.queries import inventory
+from vmbackup.db.queries import transactions as tx_queries
 from vmbackup.errors import Conflict, Invalid
 from vmbackup.services.access import apply, find, find_owned, owner_scope, require_admin
 
@@ -46,24 +48,43 @@ def create_vm(db: Session, actor: User, data: dict[str, Any]) -> VirtualMachine:
     return vm
 
 
-def update_vm(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> None:
-    require_admin(actor)
-    vm = get_vm(db, actor, vm_id)
-    _check_refs(db, data)
-    apply(vm, data)
+def _keys(vm: VirtualMachine, disks: Sequence[Disk]) -> list[str]:
+    # As services.actions names them (not imported: actions builds on this module).
+    return [f"vm:{vm.id}", *(f"disk:{d.id}" for d in disks)]
+
+
+def _commit_unless_busy(db: Session, keys: list[str], what: str) -> None:
+    """Commit the caller's change only if no running transaction holds ``keys``: the keys are taken for the length
+    of this database transaction, so a worker cannot start on them either until it commits (F18)."""
+    if not tx_queries.hold(db, keys, "api", utcnow()):
+        raise Conflict(f"{what} is in use by a running transaction")
+    tx_queries.unhold(db, keys)
     db.commit()
 
 
+def update_vm(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> None:
+    """Change a VM. Giving it to another user (``user_id``) leaves its backups with the user who took them: they
+    keep seeing them, cannot restore them onto the VM any more, and the new owner does not see them (F1, F14)."""
+    require_admin(actor)
+    vm = get_vm(db, actor, vm_id)
+    _check_refs(db, data)
+    if "user_id" in data and data["user_id"] != vm.user_id and vm.locked:
+        raise Conflict("VirtualMachine is locked by a transaction: its owner cannot change now")
+    apply(vm, data)
+    _commit_unless_busy(db, _keys(vm, []), "VirtualMachine")
+
+
 def delete_vm(db: Session, actor: User, vm_id: int) -> None:
-    """Delete the VM and its disks; its backups stay, restorable by their owner (as in OnApp)."""
+    """Delete the VM and its disks; its backups stay, restorable by their owner to a new path (as in OnApp)."""
     require_admin(actor)
     vm = get_vm(db, actor, vm_id)
     if vm.locked:
         raise Conflict("VirtualMachine is locked by a running transaction")
+    keys = _keys(vm, vm.disks)
     for disk in vm.disks:
         db.delete(disk)
     db.delete(vm)
-    db.commit()
+    _commit_unless_busy(db, keys, "VirtualMachine")
 
 
 def list_disks(db: Session, actor: User, vm_id: int | None = None) -> list[Disk]:
@@ -144,7 +165,7 @@ def update_disk(db: Session, actor: User, disk_id: int, data: dict[str, Any]) ->
     _check_refs(db, data)
     _check_image_path(db, data.get("image_path"))
     apply(disk, data)
-    db.commit()
+    _commit_unless_busy(db, [f"disk:{disk.id}"], "Disk")
 
 
 def delete_disk(db: Session, actor: User, disk_id: int) -> None:
@@ -152,5 +173,6 @@ def delete_disk(db: Session, actor: User, disk_id: int) -> None:
     disk = get_disk(db, actor, disk_id)
     if disk.locked:
         raise Conflict("Disk is locked by a running transaction")
+    key = f"disk:{disk.id}"
     db.delete(disk)
-    db.commit()
+    _commit_unless_busy(db, [key], "Disk")

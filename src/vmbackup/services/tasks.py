@@ -14,22 +14,28 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, VirtualMachine
+from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, User, VirtualMachine
 from vmbackup.engine import Engine, Stats, gc
 from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing, TargetInvalid
-from vmbackup.services import autobackups, machines
+from vmbackup.services import actions, autobackups, machines
+from vmbackup.services.backups import disk_key
 from vmbackup.storage.local import LocalStorage
 
-Log = Callable[[str], None]
 Sessions = sessionmaker[Session]
 
 
-def disk_key(disk_id: int) -> str:
-    """How a disk is named inside an incremental backup's manifest."""
-    return f"disk-{disk_id}"
+class Log(Protocol):
+    """A transaction's log, which its owner reads (`GET /transactions/:id`)."""
+
+    def __call__(self, message: str) -> None: ...
+
+    def hide(self, secret: str, shown: str) -> None:
+        """From now on write ``shown`` wherever ``secret`` appears: image paths and storage paths are admin-only
+        (F13), and they also turn up inside error messages the task does not write itself."""
 
 
 def template_archive_id(template: ImageTemplate) -> str:
@@ -96,9 +102,11 @@ def _mark_built(sessions: Sessions, backup_id: int, stats: Stats, tx_id: int) ->
         db.commit()
 
 
-def _image_of(disk: Disk | None, disk_id: int) -> str:
+def _image_of(disk: Disk | None, disk_id: int, log: Log) -> str:
     if disk is None or not disk.image_path:
         raise SourceMissing(f"disk {disk_id} no longer exists or has no image path")
+    log.hide(disk.image_path, f"<image of disk {disk_id}>")
+    log.hide(os.path.realpath(disk.image_path), f"<image of disk {disk_id}>")
     # Checked again now, not only when registered: a symlink on the path may have been re-pointed since.
     db = Session.object_session(disk)
     problem = machines.image_path_problem(disk.image_path, machines.image_roots(db) if db else ())
@@ -107,11 +115,33 @@ def _image_of(disk: Disk | None, disk_id: int) -> str:
     return disk.image_path
 
 
+def _taken_disk(db: Session, backup: Backup, disk_id: int, log: Log) -> str:
+    """The image of a disk this take was queued for, if it is still that disk of that VM (not deleted, moved or
+    replaced since the request: the backup is recorded as taken of it)."""
+    disk = db.get(Disk, disk_id)
+    vm = db.get(VirtualMachine, backup.virtual_machine_id)
+    bound = (backup.disk_identifiers or {}).get(disk_key(disk_id))
+    if (
+        disk is None
+        or vm is None
+        or vm.identifier != backup.vm_identifier
+        or disk.virtual_machine_id != vm.id
+        or disk.identifier != bound
+    ):
+        raise SourceMissing(f"disk {disk_id} is no longer the disk this backup was requested of")
+    return _image_of(disk, disk_id, log)
+
+
+def _hide_storage(server: BackupServer, log: Log) -> None:
+    log.hide(server.storage_path, f"<storage of backup server {server.id}>")
+
+
 def take_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     backup, server = _load(sessions, tx)
+    _hide_storage(server, log)
     with sessions() as db:
-        path = _image_of(db.get(Disk, tx.params["disk_id"]), tx.params["disk_id"])
-    log(f"Taking normal backup {backup.identifier} of disk {backup.disk_id} ({path}) on backup server {server.label!r}")
+        path = _taken_disk(db, backup, tx.params["disk_id"], log)
+    log(f"Taking normal backup {backup.identifier} of disk {backup.disk_id} on backup server {server.label!r}")
     stats = engine_for(server).take_normal(backup.identifier, path, _progress(log))
     _mark_built(sessions, backup.id, stats, tx.id)
     log(f"Backup built: {_describe(stats)}")
@@ -120,11 +150,12 @@ def take_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
 
 def take_incremental_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     backup, server = _load(sessions, tx)
+    _hide_storage(server, log)
     with sessions() as db:
-        disks = {disk_key(i): _image_of(db.get(Disk, i), i) for i in tx.params["disk_ids"]}
+        disks = {disk_key(i): _taken_disk(db, backup, i, log) for i in tx.params["disk_ids"]}
     log(
         f"Taking incremental backup {backup.identifier} of virtual machine {backup.virtual_machine_id}: "
-        + ", ".join(f"{k} ({p})" for k, p in disks.items())
+        + ", ".join(disks)
     )
     stats = engine_for(server).take_incremental(backup.identifier, disks, _progress(log))
     _mark_built(sessions, backup.id, stats, tx.id)
@@ -138,21 +169,25 @@ def _rotate(sessions: Sessions, backup_id: int, tx: Transaction, log: Log) -> No
         log(f"Retention: queued deletion of {len(rotated)} older auto-backup(s) (transactions {rotated})")
 
 
-def _restore_targets(db: Session, backup: Backup, log: Log) -> dict[str, str] | str:
-    if backup.disk_id is not None:
-        return _image_of(db.get(Disk, backup.disk_id), backup.disk_id)
-    vm = db.get(VirtualMachine, backup.virtual_machine_id)
-    targets = {disk_key(d.id): _image_of(d, d.id) for d in (vm.disks if vm else []) if d.image_path}
-    if not targets:
-        raise SourceMissing("the virtual machine has no disk with an image path to restore to")
-    return targets
+def _restore_targets(db: Session, backup: Backup, tx: Transaction, log: Log) -> dict[str, str] | str:
+    """Checked again now, not only when queued: the VM and disks must still be the ones the backup was taken of,
+    and the requester must still be allowed to write them (the VM may have been given to someone else)."""
+    vm, disks = actions.restore_targets(db, backup)
+    requester = db.get(User, tx.params.get("requested_by", backup.user_id))
+    if requester is None or not actions.may_act_on(requester, vm, backup):
+        raise Conflict("the virtual machine no longer belongs to the user who asked for this restore; nothing written")
+    if backup.backup_type == "normal":
+        return _image_of(disks[0], disks[0].id, log)
+    return {disk_key(d.id): _image_of(d, d.id, log) for d in disks}
 
 
 def restore_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     backup, server = _load(sessions, tx)
+    _hide_storage(server, log)
     with sessions() as db:
-        targets = _restore_targets(db, backup, log)
-    shown = targets if isinstance(targets, str) else ", ".join(f"{k} -> {p}" for k, p in targets.items())
+        backup = db.get(Backup, backup.id) or backup
+        targets = _restore_targets(db, backup, tx, log)
+    shown = f"disk {backup.disk_id}" if isinstance(targets, str) else ", ".join(targets)
     engine = engine_for(server)
     # Restores overwrite the disk in place, and a damaged chunk or archive is only found when read: check the
     # whole backup first, so damage is reported before the disk is touched, not half way through overwriting it.
@@ -170,6 +205,7 @@ def restore_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
 
 def convert_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     backup, server = _load(sessions, tx)
+    _hide_storage(server, log)
     with sessions() as db:
         template = db.get(ImageTemplate, tx.params["template_id"])
         if template is None:
@@ -205,6 +241,7 @@ def convert_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
 
 def destroy_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     backup, server = _load(sessions, tx)
+    _hide_storage(server, log)
     try:
         freed = engine_for(server).delete(backup.identifier)
         log(f"Deleted backup {backup.identifier}: {freed / 1024 / 1024:.1f} MiB freed")

@@ -23,7 +23,7 @@ def create(
     parent_id: int,
     vm_id: int | None,
     user_id: int,
-    lock_key: str,
+    lock_keys: list[str],
     params: dict[str, Any] | None = None,
 ) -> Transaction:
     tx = Transaction(
@@ -33,7 +33,7 @@ def create(
         associated_object_type="VirtualMachine",
         associated_object_id=vm_id,
         user_id=user_id,
-        lock_key=lock_key,
+        lock_keys=lock_keys,
         params=params or {},
         status="pending",
     )

@@ -22,7 +22,8 @@ def make_backup(
         if disk_id is not None:
             backup = backups.new_normal(db, db.get(Disk, disk_id), 1)
         else:
-            backup = backups.new_incremental(db, db.get(VirtualMachine, vm_id), 1)
+            vm = db.get(VirtualMachine, vm_id)
+            backup = backups.new_incremental(db, vm, list(vm.disks), 1)
         if built:
             backup.built, backup.built_at, backup.backup_size = (
                 True,

@@ -68,7 +68,7 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 
 def add_tx(sessions: sessionmaker[Session], lock_key: str, **fields: Any) -> Transaction:
     """A transaction row as the services make them, for an action the test chooses (see `fake_actions`)."""
-    fields = {"action": "take_backup", "parent_type": "Backup", "parent_id": 0, "lock_key": lock_key, **fields}
+    fields = {"action": "take_backup", "parent_type": "Backup", "parent_id": 0, "lock_keys": [lock_key], **fields}
     with sessions() as db:
         tx = Transaction(**fields)
         db.add(tx)

@@ -47,7 +47,7 @@ PagingDep = Annotated[Paging, Depends(paging)]
 
 def _list(ctx: Ctx, p: Paging, vm_id: int | None = None) -> Response:
     items = transactions.list_page(ctx.db, ctx.user, page=p.page, per_page=p.per_page, vm_id=vm_id)
-    return ctx.many(ROOT, (presenters.transaction(t, log=p.detailed) for t in items))
+    return ctx.many(ROOT, (presenters.transaction(t, log=p.detailed, admin=ctx.user.is_admin) for t in items))
 
 
 @router.get("/transactions")
@@ -72,4 +72,5 @@ def list_vm_transactions(vm_id: Id, ctx: Ctx, p: PagingDep) -> Response:
 
 @router.get("/transactions/{tx_id}")
 def get_transaction(tx_id: Id, ctx: Ctx) -> Response:
-    return ctx.one(ROOT, presenters.transaction(transactions.get(ctx.db, ctx.user, tx_id), log=True))
+    tx = transactions.get(ctx.db, ctx.user, tx_id)
+    return ctx.one(ROOT, presenters.transaction(tx, log=True, admin=ctx.user.is_admin))

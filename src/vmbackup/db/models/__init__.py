@@ -10,7 +10,7 @@ from vmbackup.db.models.inventory import (
     VirtualMachine,
 )
 from vmbackup.db.models.schedules import AutobackupPreset, Schedule, ScheduleLog
-from vmbackup.db.models.transactions import Transaction
+from vmbackup.db.models.transactions import Lock, Transaction
 from vmbackup.db.models.users import User
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "DataStore",
     "Disk",
     "ImageTemplate",
+    "Lock",
     "Schedule",
     "ScheduleLog",
     "Transaction",

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from vmbackup.db.base import Base, Timestamps, UTCDateTime, new_identifier
+from vmbackup.db.base import NEVER_REUSE_IDS, Base, Timestamps, UTCDateTime, new_identifier
 
 
 class Backup(Timestamps, Base):
@@ -17,6 +17,7 @@ class Backup(Timestamps, Base):
         Index("ix_backups_vm_type_id", "virtual_machine_id", "backup_type", "id"),
         Index("ix_backups_disk_id", "disk_id", "id"),
         Index("ix_backups_user_id", "user_id", "id"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -26,6 +27,12 @@ class Backup(Timestamps, Base):
     target_id: Mapped[int] = mapped_column(Integer)
     disk_id: Mapped[int | None] = mapped_column(Integer)
     virtual_machine_id: Mapped[int] = mapped_column(Integer)
+    # What the backup was taken of, by identifiers that are never reused (ids are not either since migration 0005,
+    # but older databases may have reused some): a restore writes only to this VM and these disks. None: taken
+    # before 0005 of a VM or disk that could not be told apart from a later one with the same id.
+    vm_identifier: Mapped[str | None] = mapped_column(String(14))
+    disk_identifier: Mapped[str | None] = mapped_column(String(14))  # normal backups: the one disk
+    disk_identifiers: Mapped[dict[str, str] | None] = mapped_column(JSON)  # disk key (tasks.disk_key) -> identifier
     user_id: Mapped[int] = mapped_column(Integer)
     backup_server_id: Mapped[int | None] = mapped_column(ForeignKey("backup_servers.id"))
     backup_size: Mapped[int] = mapped_column(BigInteger, default=0)  # kB this backup added to storage

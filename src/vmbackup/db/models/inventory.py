@@ -5,11 +5,12 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from vmbackup.db.base import Base, Timestamps, new_identifier
+from vmbackup.db.base import NEVER_REUSE_IDS, Base, Timestamps, new_identifier
 
 
 class ImageTemplate(Timestamps, Base):
     __tablename__ = "image_templates"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     identifier: Mapped[str] = mapped_column(String(14), default=new_identifier)
@@ -35,6 +36,7 @@ class ImageTemplate(Timestamps, Base):
 
 class DataStore(Timestamps, Base):
     __tablename__ = "data_stores"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     identifier: Mapped[str] = mapped_column(String(14), default=new_identifier)
@@ -47,6 +49,7 @@ class BackupServerZone(Timestamps, Base):
     """A group of backup servers (OnApp's root key: ``backup_server_group``)."""
 
     __tablename__ = "backup_server_zones"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     identifier: Mapped[str] = mapped_column(String(14), default=new_identifier)
@@ -58,6 +61,7 @@ class BackupServerZone(Timestamps, Base):
 
 class BackupServer(Timestamps, Base):
     __tablename__ = "backup_servers"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     label: Mapped[str] = mapped_column(String(255))
@@ -74,6 +78,7 @@ class BackupServer(Timestamps, Base):
 
 class VirtualMachine(Timestamps, Base):
     __tablename__ = "virtual_machines"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     identifier: Mapped[str] = mapped_column(String(14), default=new_identifier)
@@ -94,6 +99,7 @@ class VirtualMachine(Timestamps, Base):
 
 class Disk(Timestamps, Base):
     __tablename__ = "disks"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     identifier: Mapped[str] = mapped_column(String(14), default=new_identifier)

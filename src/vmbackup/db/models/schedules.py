@@ -8,11 +8,12 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from vmbackup.db.base import Base, Timestamps, UTCDateTime
+from vmbackup.db.base import NEVER_REUSE_IDS, Base, Timestamps, UTCDateTime
 
 
 class AutobackupPreset(Timestamps, Base):
     __tablename__ = "autobackup_presets"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     period: Mapped[str] = mapped_column(String(16))  # days | weeks | months | years
@@ -26,6 +27,7 @@ class Schedule(Timestamps, Base):
     __table_args__ = (
         Index("ix_schedules_target", "target_type", "target_id"),
         Index("ix_schedules_due", "status", "start_at"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -47,7 +49,7 @@ class Schedule(Timestamps, Base):
 
 class ScheduleLog(Timestamps, Base):
     __tablename__ = "schedule_logs"
-    __table_args__ = (Index("ix_schedule_logs_schedule", "schedule_id", "id"),)
+    __table_args__ = (Index("ix_schedule_logs_schedule", "schedule_id", "id"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))

@@ -3,11 +3,12 @@ from __future__ import annotations
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from vmbackup.db.base import Base, Timestamps, new_identifier
+from vmbackup.db.base import NEVER_REUSE_IDS, Base, Timestamps, new_identifier
 
 
 class User(Timestamps, Base):
     __tablename__ = "users"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     identifier: Mapped[str] = mapped_column(String(14), default=new_identifier)

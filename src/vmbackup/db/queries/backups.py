@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Backup
@@ -18,15 +18,32 @@ def _rows(db: Session, where: Any) -> list[BackupRow]:
     return [dict(row) for row in db.execute(q).mappings()]
 
 
-def for_vm(db: Session, vm_id: int, backup_type: str | None = None) -> list[BackupRow]:
-    where = Backup.virtual_machine_id == vm_id
+def for_vm(
+    db: Session, vm_id: int, vm_identifier: str, backup_type: str | None = None, owner_id: int | None = None
+) -> list[BackupRow]:
+    """Backups taken of this VM (its id and its identifier: an id reused before migration 0005 does not match),
+    optionally only those of one owner."""
+    where = and_(Backup.virtual_machine_id == vm_id, Backup.vm_identifier == vm_identifier)
     if backup_type is not None:
         where = and_(where, Backup.backup_type == backup_type)
+    if owner_id is not None:
+        where = and_(where, Backup.user_id == owner_id)
     return _rows(db, where)
 
 
-def for_disk(db: Session, disk_id: int) -> list[BackupRow]:
-    return _rows(db, Backup.disk_id == disk_id)
+def for_disk(db: Session, disk_id: int, disk_identifier: str, owner_id: int | None = None) -> list[BackupRow]:
+    where = and_(Backup.disk_id == disk_id, Backup.disk_identifier == disk_identifier)
+    if owner_id is not None:
+        where = and_(where, Backup.user_id == owner_id)
+    return _rows(db, where)
+
+
+def lock(db: Session, backup_id: int, *, built: bool) -> bool:
+    """Lock the backup for one action: a single compare-and-set, so of two requests racing for it one wins."""
+    where = [Backup.id == backup_id, Backup.locked.is_(False)]
+    if built:
+        where.append(Backup.built.is_(True))
+    return db.execute(update(Backup).where(*where).values(locked=True)).rowcount == 1  # type: ignore[attr-defined]
 
 
 def for_user(db: Session, user_id: int) -> list[BackupRow]:

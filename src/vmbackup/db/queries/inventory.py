@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Backup, BackupServer, Disk, VirtualMachine
@@ -51,5 +51,18 @@ def servers_of_zone(db: Session, zone_id: int) -> list[BackupServer]:
     return list(db.scalars(q))
 
 
-def vm_owner(db: Session, vm_id: int) -> int | None:
-    return db.scalar(select(VirtualMachine.user_id).where(VirtualMachine.id == vm_id))
+def vm_owner(db: Session, vm_id: int) -> tuple[int, str] | None:
+    """(owner id, identifier) of a VM, or None."""
+    q = select(VirtualMachine.user_id, VirtualMachine.identifier).where(VirtualMachine.id == vm_id)
+    row = db.execute(q).first()
+    return (row[0], row[1]) if row else None
+
+
+def lock_vm(db: Session, vm_id: int) -> bool:
+    """Lock a stopped, unlocked VM for a restore: one compare-and-set (see backups.lock)."""
+    stmt = (
+        update(VirtualMachine)
+        .where(VirtualMachine.id == vm_id, VirtualMachine.locked.is_(False), VirtualMachine.booted.is_(False))
+        .values(locked=True)
+    )
+    return db.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
