@@ -102,11 +102,12 @@ def _mark_built(sessions: Sessions, backup_id: int, stats: Stats, tx_id: int) ->
         db.commit()
 
 
-def _image_of(disk: Disk | None, disk_id: int, log: Log) -> str:
+def _image_of(disk: Disk | None, disk_id: int, log: Log | None = None) -> str:
     if disk is None or not disk.image_path:
         raise SourceMissing(f"disk {disk_id} no longer exists or has no image path")
-    log.hide(disk.image_path, f"<image of disk {disk_id}>")
-    log.hide(os.path.realpath(disk.image_path), f"<image of disk {disk_id}>")
+    if log is not None:
+        log.hide(disk.image_path, f"<image of disk {disk_id}>")
+        log.hide(os.path.realpath(disk.image_path), f"<image of disk {disk_id}>")
     # Checked again now, not only when registered: a symlink on the path may have been re-pointed since.
     db = Session.object_session(disk)
     problem = machines.image_path_problem(disk.image_path, machines.image_roots(db) if db else ())
