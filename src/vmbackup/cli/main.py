@@ -75,7 +75,7 @@ def worker() -> None:
 
     from vmbackup.db.migrate import upgrade
     from vmbackup.db.session import make_engine, make_session_factory
-    from vmbackup.services import machines
+    from vmbackup.services import machines, tasks
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -83,6 +83,7 @@ def worker() -> None:
     upgrade(engine)
     sessions = make_session_factory(engine)
     machines.bind_image_roots(sessions, settings.image_roots)  # tasks re-check image paths with it
+    tasks.bind_scratch_dir(sessions, settings.data_dir.resolve() / "scratch")
     if settings.is_postgres:
         import asyncio
 

@@ -189,6 +189,7 @@ def recover(sessions: Sessions, *, clean_storage: bool = False) -> list[int]:
     if clean_storage:
         with sessions() as db:
             if not q.running(db):
+                tasks.clean_scratch(sessions)
                 for server in common.all_of(db, BackupServer):
                     try:
                         tasks.engine_for(server).recover()

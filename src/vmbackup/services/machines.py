@@ -106,7 +106,7 @@ def bind_image_roots(sessions: sessionmaker[Session], roots: Sequence[Path]) -> 
 
     Carried by the sessions rather than passed to each call, so the worker's tasks re-check paths with the same
     policy as the API without a global setting."""
-    sessions.configure(info={_IMAGE_ROOTS: tuple(roots)})
+    sessions.configure(info={**sessions.kw.get("info", {}), _IMAGE_ROOTS: tuple(roots)})
 
 
 def image_roots(db: Session) -> tuple[Path, ...]:

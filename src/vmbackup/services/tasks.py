@@ -23,7 +23,7 @@ from vmbackup.engine import Engine, Stats, gc
 from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing, TargetInvalid
 from vmbackup.services import actions, autobackups, machines
 from vmbackup.services.backups import disk_key
-from vmbackup.storage.local import LocalStorage
+from vmbackup.storage.location import open_storage
 
 Sessions = sessionmaker[Session]
 
@@ -43,7 +43,7 @@ def template_archive_id(template: ImageTemplate) -> str:
 
 
 def engine_for(server: BackupServer) -> Engine:
-    return Engine(LocalStorage(server.storage_path))
+    return Engine(open_storage(server.storage_path))
 
 
 def _kib(n: int) -> int:
@@ -204,6 +204,29 @@ def restore_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     log(f"Restore complete: {_describe(stats)}")
 
 
+_SCRATCH_DIR = "vmbackup.scratch_dir"  # key in Session.info
+
+
+def bind_scratch_dir(sessions: Sessions, path: Path) -> None:
+    """Where tasks put scratch files (a converted backup's disk image): beside the database in the data
+    directory, never inside a backup server's storage, which need not be a local directory."""
+    path.mkdir(parents=True, exist_ok=True)
+    sessions.configure(info={**sessions.kw.get("info", {}), _SCRATCH_DIR: str(path)})
+
+
+def scratch_dir(db: Session) -> str:
+    return str(db.info.get(_SCRATCH_DIR) or tempfile.gettempdir())
+
+
+def clean_scratch(sessions: Sessions) -> None:
+    """Remove what a killed convert left (worker start-up, when nothing runs)."""
+    with sessions() as db:
+        root = Path(scratch_dir(db))
+    for leftover in root.glob(".tmp-convert-*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
 def convert_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
     backup, server = _load(sessions, tx)
     _hide_storage(server, log)
@@ -213,19 +236,25 @@ def convert_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
             raise Conflict("the template being made was deleted")
         archive_id = template_archive_id(template)
         vm = db.get(VirtualMachine, backup.virtual_machine_id)
-        primary = next((d for d in (vm.disks if vm else []) if d.primary), None)
+        bound = backup.disk_identifiers or {}
+        primary = next(
+            (d for d in (vm.disks if vm else []) if d.primary and bound.get(disk_key(d.id)) == d.identifier), None
+        )
+        root = scratch_dir(db)
     engine = engine_for(server)
-    # The template file is a normal archive of one disk image: restore the backup's disk to a scratch file on
-    # the backup server's own filesystem, then archive it. Simple and format-agnostic; costs one extra pass.
-    # ".tmp-" so the storage's crash clean-up (`Engine.recover`) removes it if this worker is killed.
-    fd, scratch = tempfile.mkstemp(prefix=".tmp-convert-", suffix=".img", dir=server.storage_path)
+    # The template file is a normal archive of one disk image: restore the backup's disk to a scratch file, then
+    # archive it. Simple and format-agnostic; costs one extra pass.
+    fd, scratch = tempfile.mkstemp(prefix=".tmp-convert-", suffix=".img", dir=root)
     os.close(fd)
     os.unlink(scratch)
+    log.hide(root, "<scratch directory>")
     try:
         # An incremental holds every disk of the VM: the template is made from the primary one (a lone disk
         # needs no name; several without a primary is refused by the engine with a clear error).
-        use_primary = backup.disk_id is None and primary is not None
-        engine.restore(backup.identifier, {disk_key(primary.id): scratch} if use_primary else scratch)
+        targets: dict[str, str] | str = scratch
+        if backup.disk_id is None and primary is not None:
+            targets = {disk_key(primary.id): scratch}
+        engine.restore(backup.identifier, targets)
         log(f"Converting backup {backup.identifier} into template {template.label!r}")
         stats = engine.take_normal(archive_id, scratch, _progress(log))
     finally:
