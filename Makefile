@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## install and start the service on its embedded default (SQLite + ./data, 127.0.0.1:8080)
 	$(BIN)/vmbackup serve
 
-test: $(STAMP)  ## the whole test suite (SQLite and PostgreSQL), then lint
+test: $(STAMP)  ## the whole test suite (SQLite and PostgreSQL), then lint and type checks
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -27,6 +28,7 @@ load: $(STAMP)  ## 200 concurrent clients for 60 s against `vmbackup serve` whil
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
 
 bench: $(STAMP)  ## vmbackup vs tar|zstd, restic and borg on a generated 2 GiB image (root: apt-get, drop_caches)
 	$(BIN)/python bench/compare.py $(BENCH_ARGS)
