@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow load lint bench clean
+.PHONY: run test test-slow load lint bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## vmbackup vs tar|zstd, restic and borg on a generated 2 GiB image (root: apt-get, drop_caches)
 	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+
+mutation: $(STAMP)  ## mutmut on the engine, auth, formats and action guards, each against its own tests (docs/mutation.md)
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	$(BIN)/python tools/mutation.py $(TARGETS)
 
 clean:
 	rm -rf $(VENV) data build *.egg-info
