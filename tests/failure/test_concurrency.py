@@ -1,8 +1,9 @@
 """Concurrent requests on one VM, with the in-process worker running two transactions at a time.
 
 Each test holds the first transaction inside the engine on an event (no sleeps), asks the worker to start more work
-(`Worker.run_pending`, deterministic), and records how many engine calls of the VM run at once.
-- two backups of the same disk: the second waits (pending) while the first runs; never more than one at a time;
+(`Worker.run_pending`, deterministic), and records how many engine calls run at once. That the waiting transaction
+waits for its lock key and not for a free worker slot is checked too: a backup of another VM runs to the end meanwhile.
+- two backups of the same disk: the second waits (pending) while the first runs, and starts after it ended;
 - a restore while a backup of the same VM runs: the restore waits, then runs after it;
 - a delete of an incremental racing the next incremental that reuses its chunks: the delete finishes first, the
   running take's reused chunks survive the collection, and the new backup verifies and restores byte for byte.
@@ -28,29 +29,23 @@ from vmbackup.storage.local import LocalStorage
 
 
 class Gate:
-    """Wraps engine methods: counts concurrent calls; the first call waits until ``release``."""
+    """Wraps engine methods: counts calls; the first call waits until ``released``."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.active = self.max_active = self.calls = 0
+        self.calls = 0
         self.entered = threading.Event()
         self.released = threading.Event()
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kw: Any) -> Any:
             with self.lock:
-                self.active += 1
                 self.calls += 1
-                self.max_active = max(self.max_active, self.active)
                 first = self.calls == 1
-            try:
-                if first:
-                    self.entered.set()
-                    assert self.released.wait(120), "gate never released"
-                return fn(*args, **kw)
-            finally:
-                with self.lock:
-                    self.active -= 1
+            if first:
+                self.entered.set()
+                assert self.released.wait(120), "gate never released"
+            return fn(*args, **kw)
 
         return wrapper
 
@@ -72,12 +67,21 @@ def _span(s: Service, tx: dict[str, Any]) -> tuple[Any, Any]:
         return row.started_at, row.finished_at
 
 
-def _vm(s: Service, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+def _vm(s: Service, tmp_path: Path, owner: str = "alice") -> tuple[dict[str, Any], dict[str, Any], Path]:
     api = s.api
-    vm = api.vm(api.user("alice")["id"], api.template()["id"])
-    image = write_image(tmp_path / "disk.img", 6 * MiB, seed=11)
+    vm = api.vm(api.user(owner)["id"], api.template()["id"])
+    image = write_image(tmp_path / f"{owner}.img", 6 * MiB, seed=11)
     disk = api.disk(vm["id"], api.data_store()["id"], image_path=str(image))
     return vm, disk, image
+
+
+def _another_vm_runs_meanwhile(s: Service, tmp_path: Path, held: dict[str, Any]) -> None:
+    """While ``held`` is stopped in the engine, a backup of another VM runs to the end: the worker had a free slot,
+    so whatever is still pending waits for its lock key, not for capacity."""
+    _, disk, _ = _vm(s, tmp_path, owner="bob")
+    other = s.take_normal(disk["id"])
+    assert s.done(other["id"], timeout=60)["status"] == "complete"
+    assert s.tx_of(held["id"])["status"] == "running"
 
 
 def test_two_backups_of_one_disk_never_overlap(service: Service, gate: Gate, tmp_path: Path) -> None:
@@ -86,13 +90,15 @@ def test_two_backups_of_one_disk_never_overlap(service: Service, gate: Gate, tmp
     first = s.take_normal(disk["id"])
     assert gate.entered.wait(120)
     second = s.take_normal(disk["id"])
-    s.app.state.worker.run_pending()  # a free slot, but the VM's lock key is busy: nothing starts
+    assert s.app.state.worker.run_pending() == 0  # the VM's lock key is busy: nothing starts
     assert s.tx_of(second["id"])["status"] == "pending"
     assert s.tx_of(first["id"])["status"] == "running"
+    _another_vm_runs_meanwhile(s, tmp_path, first)
+    assert s.tx_of(second["id"])["status"] == "pending"
     gate.released.set()
     t1, t2 = s.done(first["id"]), s.done(second["id"])
     assert t1["status"] == t2["status"] == "complete"
-    assert gate.max_active == 1 and gate.calls == 2
+    assert gate.calls == 3  # first, the other VM's, second
     assert _span(s, t2)[0] >= _span(s, t1)[1]
 
 
@@ -109,13 +115,14 @@ def test_restore_waits_for_a_running_backup(service: Service, gate: Gate, tmp_pa
     running = s.take_normal(disk["id"])
     assert gate.entered.wait(120)
     s.restore(older["id"])
-    s.app.state.worker.run_pending()
-    restore_tx = s.tx_of(older["id"], "restore_backup")
-    assert restore_tx["status"] == "pending"
+    assert s.app.state.worker.run_pending() == 0
+    assert s.tx_of(older["id"], "restore_backup")["status"] == "pending"
+    _another_vm_runs_meanwhile(s, tmp_path, running)
+    assert s.tx_of(older["id"], "restore_backup")["status"] == "pending"
     gate.released.set()
     take_tx, restore_tx = s.done(running["id"]), s.done(older["id"], "restore_backup")
     assert take_tx["status"] == restore_tx["status"] == "complete", restore_tx["log_output"]
-    assert gate.max_active == 1
+    assert gate.calls == 3  # the held take, the other VM's, the restore
     assert _span(s, restore_tx)[0] >= _span(s, take_tx)[1]
 
 

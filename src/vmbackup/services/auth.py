@@ -120,7 +120,7 @@ class Authenticator:
 
     def is_api_key(self, user: User, secret: str) -> bool:
         """True when ``secret`` is the user's API key (one SHA-256 and a constant-time comparison)."""
-        return bool(user.api_key_hash) and hmac.compare_digest(user.api_key_hash, hash_api_key(secret))
+        return user.api_key_hash is not None and hmac.compare_digest(user.api_key_hash, hash_api_key(secret))
 
     def _verify(self, user: User, secret: str) -> bool:
         if self.is_api_key(user, secret):

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from vmbackup.api import formats
 from vmbackup.api.body import InputModel, body, openapi_body
 from vmbackup.api.deps import AdminCtx, Ctx, Id
-from vmbackup.db.base import Base
+from vmbackup.db.models import Base
 from vmbackup.services import catalog
 
 

@@ -1,5 +1,7 @@
-"""All models, imported here so ``Base.metadata`` knows every table (Alembic reads it)."""
+"""All models, imported here so ``Base.metadata`` knows every table (Alembic reads it). ``Base`` is here too: it is
+the type of "any model", which the drivers may name like the models themselves (docs/architecture.md)."""
 
+from vmbackup.db.base import Base
 from vmbackup.db.models.backups import Backup
 from vmbackup.db.models.inventory import (
     BackupServer,
@@ -15,6 +17,7 @@ from vmbackup.db.models.users import User
 
 __all__ = [
     "AutobackupPreset",
+    "Base",
     "Backup",
     "BackupServer",
     "BackupServerZone",

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from vmbackup.db.models import Backup, BackupServer, Disk, VirtualMachine
 
@@ -22,8 +22,8 @@ def disks(db: Session, *, owner_id: int | None = None, vm_id: int | None = None)
     return list(db.scalars(q))
 
 
-def count_where(db: Session, column: object, value: int) -> int:
-    return db.scalar(select(func.count()).where(column == value)) or 0  # type: ignore[operator]
+def count_where(db: Session, column: InstrumentedAttribute[int] | InstrumentedAttribute[int | None], value: int) -> int:
+    return db.scalar(select(func.count()).where(column == value)) or 0
 
 
 def backups_on_server(db: Session, server_id: int) -> int:
