@@ -133,3 +133,70 @@ def test_disk_outside_a_session_is_checked_for_form_only():
     assert tasks._image_of(Disk(image_path="/srv/x.img"), 1) == "/srv/x.img"
     with pytest.raises(TargetInvalid):
         tasks._image_of(Disk(image_path="/srv/../etc/shadow"), 1)
+
+
+def test_non_images_and_nul_bytes_are_problems_with_or_without_roots(roots):
+    fifo = roots["images"] / "pipe.img"
+    os.mkfifo(fifo)
+    os.symlink(fifo, roots["images"] / "to-pipe.img")
+    for allowed in ([roots["images"]], []):
+        assert image_path_problem(str(fifo), allowed) == "is a FIFO: neither a regular file nor a block device"
+        assert "is a FIFO" in image_path_problem(str(roots["images"] / "to-pipe.img"), allowed)
+        assert "is a directory" in image_path_problem(str(roots["images"]), allowed)
+        assert image_path_problem(str(roots["images"] / "a\0b.img"), allowed) == "must not contain a NUL byte"
+    assert "is a character device" in image_path_problem("/dev/null", [])
+
+
+def _wait_for_tx(api: Api, backup_id: int, timeout: float = 30.0) -> dict:
+    """The backup's finished transaction; a take stuck on its image fails the test here instead of hanging."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        txs = [t["transaction"] for t in api.get("/transactions.json?per_page=1000&detailed").json()]
+        mine = [t for t in txs if t["parent_id"] == backup_id and t["status"] in ("complete", "failed")]
+        if mine:
+            return mine[0]
+        time.sleep(0.05)
+    raise AssertionError(f"the transaction of backup {backup_id} did not finish within {timeout} s")
+
+
+def test_a_fifo_as_image_path_is_422_and_a_take_of_one_fails_at_once(api_with_roots, roots):
+    api = api_with_roots
+    vm, ds = _disk_world(api)
+    fifo = roots["images"] / "pipe.img"
+    os.mkfifo(fifo)
+    r = api.post(
+        f"/virtual_machines/{vm}/disks.json",
+        {"disk": {"label": "d", "disk_size": 1, "data_store_id": ds, "image_path": str(fifo)}},
+    )
+    assert r.status_code == 422 and "is a FIFO" in r.json()["errors"]["image_path"][0], r.text
+    # Registered while it was a file, a FIFO by the time the worker opens it: the take fails at once.
+    later = roots["images"] / "later.img"
+    later.write_bytes(b"\1" * 8192)
+    r = api.post(
+        f"/virtual_machines/{vm}/disks.json",
+        {"disk": {"label": "d", "disk_size": 1, "data_store_id": ds, "image_path": str(later)}},
+    )
+    assert r.status_code == 201, r.text
+    disk = r.json()["disk"]["id"]
+    r = api.put(f"/settings/disks/{disk}.json", {"disk": {"image_path": str(fifo)}})
+    assert r.status_code == 422 and "is a FIFO" in r.json()["errors"]["image_path"][0], r.text
+    later.unlink()
+    os.mkfifo(later)
+    for path in (f"/settings/disks/{disk}/backups.json", f"/virtual_machines/{vm}/backups.json"):
+        r = api.post(path)
+        assert r.status_code == 201, r.text
+        tx = _wait_for_tx(api, r.json()["backup"]["id"])
+        assert tx["status"] == "failed" and "is a FIFO" in tx["log_output"], tx["log_output"]
+
+
+def test_a_nul_byte_in_image_path_with_roots_is_422(api_with_roots, roots):
+    api = api_with_roots
+    vm, ds = _disk_world(api)
+    bad = str(roots["images"] / "a\0b.img")
+    r = api.post(
+        f"/virtual_machines/{vm}/disks.json",
+        {"disk": {"label": "d", "disk_size": 1, "data_store_id": ds, "image_path": bad}},
+    )
+    assert r.status_code == 422 and "NUL byte" in r.json()["errors"]["image_path"][0], r.text

@@ -1,34 +1,18 @@
 """Normal backups: one disk image as a sparse `.tar.zst` archive that stock `zstd -dc | tar -xSf -` restores.
 
-One pass over the source.  The tar format needs the sparse map (and so the member size) in front of the data,
-and a compressed stream cannot be patched afterwards, so the map is what SEEK_DATA/SEEK_HOLE report (file
-system metadata, no reads): holes cost nothing.  Zeros the guest wrote inside data extents are stored as data,
-where zstd turns each all-zero frame into a few bytes (a cached frame: no compression work), and our restore
-writes them back as holes.  The earlier design cut 64 KiB zero blocks out of the map, which needed a full
-read of the data before the first byte could be compressed: on the bench image that serial pass (0.6 s of
-the 2.95 s) was the difference between 0.67x and 0.5x of `tar -S | zstd -T0 -3`.  Only stock `tar -xS` pays
-for the change: it writes those zeros instead of seeking over them (byte-identical, less sparse).
-
-The data is cut into `FRAME_BYTES` pieces compressed as independent zstd frames (`_PARAMS`, content checksum)
-by at most `_THREADS_MAX` threads, each with its own compressor; frames are written in order.  Concatenated
-frames are one valid zstd stream for every zstd tool.  zstd's own multi-threading (`threads=-1`) grew ~30 MiB
-per core; here memory is bounded by the thread cap: `threads + 2` raw frames plus a compressed frame and a
-compressor per thread (engine library on the bench image: 78 MiB peak RSS with 2 MiB frames on 4 threads,
-100 MiB with 4 MiB frames on 3, 107 on 4), whatever the core count and image size.  Frame size: independent
-frames restart zstd's history, which costs most on data repeated at short distance (the bench's repeated-block
-region): archive 883 MiB at 2 MiB frames, 848 MiB at 4 MiB, against 826 MiB for `tar | zstd -3` (1.07x,
-1.03x).  4 MiB.
-
-I/O: the image is read with O_DIRECT into page-aligned buffers and the archive is written with O_DIRECT by
-the storage's helper thread (`LocalStorage.open_writer`), so neither fills the page cache.  Normal take of the
-bench image, engine library, cold, three rounds each on a loaded VM: buffered reads 3.97-4.34 CPU-s, direct
-3.27-3.34 CPU-s; then buffered archive writes 3.69-4.11 s (0.37 s of it the final fsync) against direct
-3.15-3.18 s (fsync 2 ms).  What is left is compression (perf: ~80% of the CPU in zstd), see `_PARAMS`.
+One pass over the source: the sparse map the tar format needs in front of the data is what SEEK_DATA/SEEK_HOLE
+report (no reads), so compression starts at once; zeros the guest wrote inside data extents are stored as data
+(an all-zero frame is a few bytes) and our restore writes them back as holes.  The data is cut into
+`FRAME_BYTES` pieces compressed as independent zstd frames on at most `_THREADS_MAX` threads (memory bounded
+by the thread cap, not the core count); concatenated frames are one valid zstd stream for every zstd tool.
+The image is read and the archive written with O_DIRECT, so neither fills the page cache.  The measurements
+behind these choices are in BENCHMARKS.md.
 
 Integrity: zstd's content checksum covers each frame, and the sidecar `normal/<id>.meta.json` holds the
-BLAKE3 and length of the whole uncompressed tar stream, checked by restore and verify.  The meta (version 2)
-also holds the frame index, [compressed size, tar size] per frame, so restore and verify decompress frames
-on `READ_THREADS` threads (`_read_indexed`); older metas (no index) are read as one stream.  The meta object
+BLAKE3 and length of the whole uncompressed tar stream, checked by restore and verify, and (version 3) its own
+BLAKE3 and the backup id, so a meta or archive of another backup is damage, not data.  The meta also holds
+the frame index, [compressed size, tar size] per frame, so restore and verify decompress frames on
+`READ_THREADS` threads (`_read_indexed`); version-1 metas (no index) are read as one stream.  The meta object
 is written after the archive, so a backup exists exactly when its meta exists.
 """
 
@@ -49,6 +33,7 @@ from typing import Any, BinaryIO
 import blake3
 import zstandard
 
+from vmbackup.engine import documents
 from vmbackup.engine import tarformat as tf
 from vmbackup.engine.source import READ_SIZE, Source, data_extents, open_source
 from vmbackup.engine.types import Progress, Stats
@@ -56,32 +41,26 @@ from vmbackup.errors import BackupDamaged, BackupMissing
 from vmbackup.storage.base import ObjectMissing, Storage
 
 FORMAT = "vmbackup-normal"
-VERSION = 2  # 2: the meta holds the frame index ("frames"); 1 (no index) is still read, sequentially
-FRAME_BYTES = 4 * 1024 * 1024  # data per independent zstd frame; see the module docstring for the size
-# Compression parameters of the archive's frames: zstd level 2 (strategy "fast") with level 3's hash table
-# (hash_log 17) and a window as large as a frame (window_log 22).  Level 2's own 1 MiB window misses data
-# repeated a megabyte apart; the larger table finds as many matches as level 3's double-fast search.  The
-# 2 GiB bench image's data (after the change), compressed in 4 MiB frames on one thread:
-#     level 3                        866.2 MiB  3.12-3.35 CPU-s   (the earlier setting)
-#     level 2                        970.8 MiB  2.44
-#     level 2, window_log 21         887.8 MiB  2.27
-#     level 2, window_log 22         881.7 MiB  2.19-2.31
-#     level 2, window 22, hash 17    866.0 MiB  2.40-2.46        <- this
-#     level 2, window 22, hash 18    854.5 MiB  2.85
-#     level 1, window_log 22        1027.7 MiB  1.93              (its 8k-entry table finds few repeats)
-# So the same archive size for ~25% less compression CPU (perf: zstd is ~80% of a normal take's CPU).  Any
-# zstd reads these frames; a 4 MiB window needs 4 MiB to decompress (the default limit is 128 MiB).
+# 3: the meta holds its own BLAKE3 and is checked against the backup id; 2: the frame index ("frames");
+# 1 (no index) is still read, sequentially.  Versions 1 and 2 are read too (docs/formats.md says how).
+VERSION = 3
+FRAME_BYTES = 4 * 1024 * 1024  # data per independent zstd frame: 2 MiB frames made the archive 4% larger
+# Compression parameters of the archive's frames: zstd level 2 with level 3's hash table (hash_log 17) and a
+# window as large as a frame (window_log 22): level 3's archive size for ~25% less CPU (BENCHMARKS.md, round
+# 3).  Any zstd reads these frames; a 4 MiB window needs 4 MiB to decompress (the default limit is 128 MiB).
 _PARAMS = zstandard.ZstdCompressionParameters.from_level(
     2, source_size=FRAME_BYTES, window_log=22, hash_log=17, write_checksum=1, write_content_size=1
 )
 _THREADS_MAX = 3  # compression threads, whatever the core count: bounds memory (see above)
-# Decompression threads of restore and verify (indexed archives), whatever the core count.  Each holds up to
-# ~16 MiB while it works (compressed frame, its aligned read buffer, the 4 MiB frame, the aligned write buffer)
-# and one more decompressed frame may wait to be hashed in order: 4 threads with 2 waiting frames each peaked
-# at 152 MiB RSS in the CLI on the bench image.
+# Decompression threads of restore and verify (indexed archives), whatever the core count: each holds up to
+# ~16 MiB while it works, and 4 threads peaked at 152 MiB RSS (BENCHMARKS.md, round 2).
 READ_THREADS = 3
 _DIRECT_READS = True  # read the image with O_DIRECT (see the module docstring)
 _AHEAD_PER_THREAD = 2  # decompressed frames (or pieces) per thread that may wait to be taken back in order
+MAX_META_BYTES = 64 * 1024 * 1024  # a meta indexes ~20 bytes per 4 MiB frame: this is tens of TiB of data
+MAX_EXTENTS = 1 << 24  # data segments in a sparse map (16 bytes or more each in the archive)
+_MAX_PAX = 64 * 1024  # our PAX records take ~150 bytes
+_META_CONTEXT = b"vmbackup-normal 3\0"
 
 
 def archive_key(backup_id: str) -> str:
@@ -214,8 +193,10 @@ def take_normal(
         }
         meta["stored_bytes"] = 0
         for _ in range(3):  # the meta counts its own size; settles once the digit count stops changing
+            meta["blake3"] = meta_checksum(meta)
             raw = _dump_meta(meta)
             meta["stored_bytes"] = archive_bytes + len(raw)
+        meta["blake3"] = meta_checksum(meta)
         raw = _dump_meta(meta)
         storage.put(meta_key(backup_id), raw)
         stats.new_bytes_stored = archive_bytes + len(raw)
@@ -234,28 +215,58 @@ def _dump_meta(meta: dict[str, Any]) -> bytes:
     return text.encode()
 
 
+def meta_checksum(meta: dict[str, Any]) -> str:
+    """BLAKE3 of every field but "blake3", as compact JSON with sorted keys (what any JSON reader rebuilds from
+    the parsed values), after a context string; it includes the backup id, so a meta under another backup's
+    name is damage."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "blake3"}, sort_keys=True, separators=(",", ":"))
+    return blake3.blake3(_META_CONTEXT + body.encode()).hexdigest()
+
+
 def load_meta(storage: Storage, backup_id: str) -> dict[str, Any]:
+    """The meta of `backup_id`, read as untrusted input: bounded, every field the readers use checked, bound to
+    this backup (its id, its member name and, from version 3, its checksum).  BackupDamaged otherwise."""
     try:
-        raw = storage.get(meta_key(backup_id))
+        meta = documents.parse(documents.read(storage, meta_key(backup_id), MAX_META_BYTES), MAX_META_BYTES)
+        _check_meta(meta, backup_id)
+        return meta
     except ObjectMissing:
         raise BackupMissing(f"backup {backup_id} does not exist") from None
-    try:
-        meta = json.loads(raw)
-        if meta.get("format") != FORMAT or meta.get("version") not in (1, VERSION):
-            raise ValueError(f"unknown format {meta.get('format')!r} version {meta.get('version')!r}")
-        for field in ("logical_bytes", "tar_bytes", "tar_blake3"):
-            meta[field]  # noqa: B018 - presence check
-        if meta["version"] >= 2:
-            frames = meta["frames"]
-            if not all(
-                isinstance(f, list) and len(f) == 2 and all(type(x) is int and x > 0 for x in f) for f in frames
-            ):
-                raise ValueError("malformed frame index")
-            if sum(c for c, _ in frames) != meta["archive_bytes"] or sum(u for _, u in frames) != meta["tar_bytes"]:
-                raise ValueError("the frame index does not add up to the archive's sizes")
-        return dict(meta)
-    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+    except documents.DocumentError as exc:
         raise BackupDamaged(f"backup {backup_id}: metadata {meta_key(backup_id)} is damaged: {exc}") from None
+
+
+def _check_meta(meta: dict[str, Any], backup_id: str) -> None:
+    version = meta.get("version")
+    if meta.get("format") != FORMAT or type(version) is not int or version not in (1, 2, VERSION):
+        raise documents.DocumentError(
+            f"unknown format {documents.show(meta.get('format'))} version {documents.show(version)}"
+        )
+    if meta.get("backup_id") != backup_id:  # every version records it: a swapped meta is caught in all
+        raise documents.DocumentError(f"it belongs to backup {documents.show(meta.get('backup_id'))}")
+    if version >= 3 and documents.hex64(meta, "blake3") != meta_checksum(meta):
+        raise documents.DocumentError("its content fails its BLAKE3 checksum (edited, or not this backup's)")
+    documents.timestamp(meta, "created")
+    if documents.string(meta, "member_name") != f"{backup_id}.img":
+        raise documents.DocumentError(f"its member is {documents.show(meta['member_name'])}, not {backup_id}.img")
+    documents.integer(meta, "logical_bytes")
+    documents.integer(meta, "tar_bytes", 3 * tf.BLOCK)
+    documents.hex64(meta, "tar_blake3")
+    for name in ("data_bytes", "stored_bytes"):
+        if name in meta or version >= 3:
+            documents.integer(meta, name)
+    if "source" in meta or version >= 3:
+        documents.string(meta, "source")
+    if version >= 2:
+        documents.integer(meta, "archive_bytes")
+        frames = meta.get("frames")
+        if not isinstance(frames, list) or not all(
+            isinstance(f, list) and len(f) == 2 and all(type(x) is int and 0 < x <= documents.MAX_INT for x in f)
+            for f in frames
+        ):
+            raise documents.DocumentError("malformed frame index")
+        if sum(c for c, _ in frames) != meta["archive_bytes"] or sum(u for _, u in frames) != meta["tar_bytes"]:
+            raise documents.DocumentError("the frame index does not add up to the archive's sizes")
 
 
 class _HashingReader:
@@ -334,21 +345,45 @@ def read_archive(
         raise BackupDamaged(f"{where} is missing") from None
 
 
-def _parse_head(read_exact: Callable[[int], bytes]) -> tuple[int, list[tuple[int, int]]]:
-    """(image size, data extents) from the start of the tar stream; leaves it at the first data byte."""
+def _parse_head(read_exact: Callable[[int], bytes], member: str) -> tuple[int, list[tuple[int, int]]]:
+    """(image size, data extents) from the start of the tar stream, checking that it holds `member` (an
+    archive of another backup holds another name); leaves the stream at the first data byte.  Every number is
+    bounded before it sizes a read."""
     flag, size = tf.check_header(read_exact(tf.BLOCK))
-    if flag != b"x":
+    if flag != b"x" or size > _MAX_PAX:
         raise tf.TarFormatError("expected a PAX header first")
     pax = tf.parse_pax(read_exact(size + tf.pad(size)))
     flag, size = tf.check_header(read_exact(tf.BLOCK))
-    size = int(pax.get("size", size))
+    if flag != b"0":
+        raise tf.TarFormatError("expected a regular file member")
     if pax.get("GNU.sparse.major") != "1" or pax.get("GNU.sparse.minor") != "0":
         raise tf.TarFormatError("not a GNU sparse 1.0 member")
-    realsize = int(pax["GNU.sparse.realsize"])
-    block = read_exact(tf.BLOCK)
-    while block.count(b"\n") < 2 * int(block.split(b"\n", 1)[0]) + 1:
-        block += read_exact(tf.BLOCK)
-    extents, used = tf.parse_sparse_map(block)
+    if pax.get("GNU.sparse.name") != member:
+        raise tf.TarFormatError(
+            f"its member is {documents.show(pax.get('GNU.sparse.name'))}, not {member!r}: another backup's archive"
+        )
+    size = int(pax.get("size", size))
+    realsize = int(pax.get("GNU.sparse.realsize", "-1"))
+    if not (0 <= realsize <= documents.MAX_INT and 0 <= size <= documents.MAX_INT):
+        raise tf.TarFormatError("bad member or image size")
+    first = read_exact(tf.BLOCK)
+    count = int(first.split(b"\n", 1)[0])
+    if not 0 <= count <= MAX_EXTENTS:
+        raise tf.TarFormatError(f"sparse map of {count} segments")
+    parts, newlines = [first], first.count(b"\n")
+    while newlines < 2 * count + 1:
+        if len(parts) * tf.BLOCK >= size:
+            raise tf.TarFormatError("sparse map longer than the member")
+        parts.append(read_exact(tf.BLOCK))
+        newlines += parts[-1].count(b"\n")
+    extents, used = tf.parse_sparse_map(b"".join(parts))
+    end = 0
+    for off, n in extents:
+        if off < end or n < 0:
+            raise tf.TarFormatError("sparse map segments overlap or go backwards")
+        end = off + n
+    if end > realsize:
+        raise tf.TarFormatError("sparse map reaches past the image size")
     if used + sum(n for _, n in extents) != size:
         raise tf.TarFormatError("member size does not match its sparse map")
     return realsize, extents
@@ -397,7 +432,7 @@ def _read_stream(
     """A version-1 archive: one stream, decompressed and hashed in order on this thread (zstd cannot find the
     frame boundaries without decompressing).  Returns the image size."""
     r = _HashingReader(raw, where)
-    realsize, extents = _parse_head(r.read_exact)
+    realsize, extents = _parse_head(r.read_exact, meta["member_name"])
     on_map(realsize, extents)
     with _dispatcher(on_data, min(threads, 2)) as put:
         for off, length in extents:
@@ -452,6 +487,12 @@ def _read_indexed(
             if d is None:
                 d = local.d = zstandard.ZstdDecompressor()
             try:
+                # The size the frame declares is allocated before anything is checked: it must be the index's.
+                declared = zstandard.get_frame_parameters(packed).content_size
+                if declared != usize:
+                    raise BackupDamaged(
+                        f"{where} is corrupt: frame {i} declares {declared} bytes, its index says {usize}"
+                    )
                 data: bytes = d.decompress(packed, max_output_size=usize)
             except zstandard.ZstdError as exc:
                 raise BackupDamaged(
@@ -479,7 +520,7 @@ def _read_indexed(
         pos += n
         return bytes(head[pos - n : pos])
 
-    realsize, extents = _parse_head(read_exact)
+    realsize, extents = _parse_head(read_exact, meta["member_name"])
     on_map(realsize, extents)
     d0 = pos  # tar offset of the first data byte
     cum = [0]
@@ -540,10 +581,11 @@ def _read_indexed(
 
 def delete_normal(storage: Storage, backup_id: str) -> int:
     freed = 0
-    # Meta first: once it is gone the backup no longer exists, even if we crash before the archive goes.
-    for key in (meta_key(backup_id), archive_key(backup_id)):
+    # Meta first, durably: once it is gone the backup no longer exists, and a power cut can no longer bring it
+    # back over an archive whose removal did reach the disk.
+    for key, durable in ((meta_key(backup_id), True), (archive_key(backup_id), False)):
         with suppress(ObjectMissing):
-            freed += storage.delete(key)
+            freed += storage.delete(key, durable=durable)
     return freed
 
 

@@ -1,11 +1,12 @@
 """The content-addressed chunk store shared by every incremental backup in a storage.
 
 A chunk is stored once under `chunks/<id[:2]>/<id>`, where id = BLAKE3 (hex) of its uncompressed bytes.  The
-object is one zstd frame with content size and content checksum.  BLAKE3 over sha256: measured here
-3.4 GB/s vs 1.5 GB/s (sha256 with SHA-NI) per core on 1 MiB chunks, and both release the GIL.
+object is one zstd frame with content size and content checksum.  BLAKE3 rather than sha256: over twice as fast
+per core (BENCHMARKS.md), and both release the GIL.
 
-Objects are immutable and written atomically, so "exists" means "complete"; a damaged object is found by
-re-hashing what it decompresses to.
+Objects are immutable and written atomically, so "exists" means "complete".  Every read re-hashes what the
+object decompresses to: zstd's checksum only says the frame is intact, and a valid frame of another chunk (a
+swapped or misnamed file) is caught by nothing else.
 
 A take adds its chunks through a `ChunkWriter`, over a storage batch: chunks become visible (data durable)
 every `FLUSH_EVERY` new chunks, and the writer's exit makes every name durable, before the manifest is
@@ -27,6 +28,7 @@ ZSTD_LEVEL = 3
 PREFIX = "chunks/"
 QUARANTINE = "quarantine/"
 ID_BYTES = 32
+MAX_CHUNK_BYTES = 64 * 1024 * 1024  # manifest.MAX_CHUNK_SIZE: no chunk is larger
 FLUSH_EVERY = 256  # new chunks per durability barrier; LocalStorage keeps that many files open until then
 
 
@@ -35,7 +37,11 @@ class ChunkMissing(Exception):
 
 
 class ChunkCorrupt(Exception):
-    pass
+    """The object is there but does not hold the chunk: the message says how."""
+
+
+class ChunkUnreadable(ChunkCorrupt):
+    """The object cannot be read at all (an I/O or permission error): damage to report, not to move aside."""
 
 
 def chunk_key(chunk_id: str) -> str:
@@ -91,19 +97,17 @@ class ChunkStore:
             with self._mutex:
                 self._inflight.discard(cid)
 
-    def load(self, cid: str) -> bytes:
-        """The chunk's bytes, checked against its id; raises ChunkMissing or ChunkCorrupt."""
-        return self.load_sized(cid)[0]
+    def load(self, cid: str, length: int | None = None) -> bytes:
+        """The chunk's bytes, checked against its id (and `length`, when known); raises ChunkMissing or
+        ChunkCorrupt."""
+        return self.load_sized(cid, length)[0]
 
-    def load_sized(self, cid: str) -> tuple[bytes, int]:
+    def load_sized(self, cid: str, length: int | None = None) -> tuple[bytes, int]:
         """(bytes, stored size) of a checked chunk.  The stored object is read into the storage's buffer and
         decompressed from there (`Storage.read_once`: no copy of the compressed bytes)."""
 
         def check(packed: memoryview) -> tuple[bytes, int]:
-            try:
-                data = self._dctx().decompress(packed)
-            except zstandard.ZstdError as exc:
-                raise ChunkCorrupt(f"does not decompress ({exc})") from None
+            data = self._decompress(packed, length)
             if chunk_id(data) != cid:
                 raise ChunkCorrupt("fails its BLAKE3 check")
             return data, len(packed)
@@ -112,6 +116,22 @@ class ChunkStore:
             return self.storage.read_once(chunk_key(cid), check)
         except ObjectMissing:
             raise ChunkMissing(cid) from None
+        except OSError as exc:
+            raise ChunkUnreadable(f"cannot be read ({exc.strerror or exc})") from None
+
+    def _decompress(self, packed: bytes | memoryview, length: int | None) -> bytes:
+        """zstd allocates the size a frame declares before checking anything, so that size is checked first:
+        `length` when the caller knows it, else at most the largest chunk a manifest may list."""
+        try:
+            declared = zstandard.get_frame_parameters(packed).content_size
+            if length is not None and declared != length:
+                raise ChunkCorrupt(f"holds {declared} bytes, {length} expected")
+            if declared > MAX_CHUNK_BYTES:  # also zstandard.CONTENTSIZE_UNKNOWN: every chunk records its size
+                raise ChunkCorrupt(f"declares {declared} bytes, more than any chunk holds")
+            data: bytes = self._dctx().decompress(packed)
+            return data
+        except zstandard.ZstdError as exc:
+            raise ChunkCorrupt(f"does not decompress ({exc})") from None
 
     def exists(self, cid: str) -> bool:
         return self.storage.exists(chunk_key(cid))
@@ -141,8 +161,8 @@ class ChunkStore:
 
     def check_packed(self, cid: str, packed: bytes) -> bool:
         try:
-            return chunk_id(self._dctx().decompress(packed)) == cid
-        except zstandard.ZstdError:
+            return chunk_id(self._decompress(packed, None)) == cid
+        except ChunkCorrupt:
             return False
 
 

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from vmbackup.engine import archive, gc
+from vmbackup.engine import archive, documents, gc
+from vmbackup.engine import manifest as manifests
 from vmbackup.engine.chunker import CHUNK_SIZE, DiskChunker, default_workers
 from vmbackup.engine.chunkstore import ChunkStore
-from vmbackup.engine.manifest import Manifest, decode, manifest_key
+from vmbackup.engine.documents import DISK_KEY
+from vmbackup.engine.manifest import DiskEntry, Manifest, decode, manifest_key
 from vmbackup.engine.restore import restore_incremental, restore_normal
 from vmbackup.engine.source import Source, open_source
 from vmbackup.engine.types import BackupInfo, Kind, Progress, Stats, VerifyReport, check_backup_id
 from vmbackup.engine.verify import verify_incremental, verify_normal
-from vmbackup.errors import BackupDamaged, BackupExists, BackupMissing, TargetInvalid
+from vmbackup.errors import BackupDamaged, BackupExists, BackupMissing, InvalidBackupId, TargetInvalid
 from vmbackup.storage.base import ObjectMissing, Storage
 
 
 class Engine:
     def __init__(self, storage: Storage, *, chunk_size: int = CHUNK_SIZE, workers: int | None = None) -> None:
+        low, high = manifests.MIN_CHUNK_SIZE, manifests.MAX_CHUNK_SIZE  # what a manifest may record
+        if not low <= chunk_size <= high:
+            raise ValueError(f"chunk size {chunk_size} outside [{low}, {high}]")
         self.storage = storage
         self.chunks = ChunkStore(storage)
         self.chunk_size = chunk_size
@@ -39,8 +45,11 @@ class Engine:
 
     def take_incremental(self, backup_id: str, disks: dict[str, str], progress: Progress | None = None) -> Stats:
         self._check_new(backup_id)
-        if not disks:
-            raise TargetInvalid("an incremental backup needs at least one disk")
+        if not 1 <= len(disks) <= manifests.MAX_DISKS:
+            raise TargetInvalid(f"an incremental backup needs 1 to {manifests.MAX_DISKS} disks, not {len(disks)}")
+        for key in disks:
+            if not isinstance(key, str) or not DISK_KEY.match(key):
+                raise TargetInvalid(f"invalid disk key {key!r}: use 1-64 letters, digits, '.', '_' or '-'")
         started = time.monotonic()
         stats = Stats()
         sources: dict[str, Source] = {}
@@ -57,7 +66,12 @@ class Engine:
                     progress(done, total)
 
             created = datetime.now(UTC).isoformat(timespec="seconds")
-            manifest = Manifest(backup_id, created, {})
+            manifest = Manifest(backup_id, created, {k: DiskEntry(s.size, self.chunk_size) for k, s in sources.items()})
+            if manifest.max_encoded_bytes() > manifests.MAX_BYTES:  # we never write what we would refuse to read
+                raise TargetInvalid(
+                    f"backup {backup_id}: {total} bytes in chunks of {self.chunk_size} would make a manifest larger"
+                    f" than {manifests.MAX_BYTES} bytes; use a larger chunk size"
+                )
             # The shared lock is the lease that keeps GC away from chunks this take reuses (see gc.py).
             with self.storage.lock(exclusive=False):
                 with (
@@ -92,10 +106,13 @@ class Engine:
         raise BackupMissing(f"backup {backup_id} does not exist")
 
     def _manifest(self, backup_id: str) -> Manifest:
+        """The manifest, read as untrusted input: anything wrong with it is BackupDamaged for this backup."""
         try:
-            raw = self.storage.get(manifest_key(backup_id))
+            raw = documents.read(self.storage, manifest_key(backup_id), manifests.MAX_BYTES)
         except ObjectMissing:
             raise BackupMissing(f"backup {backup_id} does not exist") from None
+        except documents.DocumentError as exc:
+            raise manifests.damaged(backup_id, str(exc)) from None
         return decode(raw, backup_id)
 
     def restore(self, backup_id: str, targets: dict[str, str] | str, progress: Progress | None = None) -> Stats:
@@ -118,46 +135,37 @@ class Engine:
         try:
             manifest = self._manifest(backup_id)
         except BackupDamaged as exc:
-            return VerifyReport(backup_id, [exc.message], self.storage.size(manifest_key(backup_id)))
+            return VerifyReport(backup_id, [exc.message], self._size(manifest_key(backup_id)))
         report = verify_incremental(self.chunks, manifest, self.workers, progress)
-        report.bytes_checked += self.storage.size(manifest_key(backup_id))
+        report.bytes_checked += self._size(manifest_key(backup_id))
         return report
 
+    def _size(self, key: str) -> int:
+        try:
+            return self.storage.size(key)
+        except (ObjectMissing, OSError):  # gone or unreadable meanwhile: it was not checked
+            return 0
+
     def list(self) -> list[BackupInfo]:
+        """Every backup whose meta or manifest reads back intact (damaged ones are left out: `verify` names
+        them), oldest first."""
         out: list[BackupInfo] = []
-        for key in self.storage.list("normal/"):
-            if key.endswith(".meta.json"):
-                try:
-                    m = archive.load_meta(self.storage, key[len("normal/") : -len(".meta.json")])
-                except (BackupMissing, BackupDamaged):
-                    continue
-                out.append(
-                    BackupInfo(
-                        m["backup_id"],
-                        "normal",
-                        datetime.fromisoformat(m["created"]),
-                        m["logical_bytes"],
-                        {"disk": m["logical_bytes"]},
-                        int(m.get("stored_bytes", 0)),
-                    )
-                )
-        for key in self.storage.list("manifests/"):
-            if key.endswith(".json"):
-                try:
-                    mf = self._manifest(key[len("manifests/") : -len(".json")])
-                except (BackupMissing, BackupDamaged):
-                    continue
-                sizes = {k: d.size for k, d in mf.disks.items()}
-                out.append(
-                    BackupInfo(
-                        mf.backup_id,
-                        "incremental",
-                        datetime.fromisoformat(mf.created),
-                        sum(sizes.values()),
-                        sizes,
-                        mf.stored_bytes,
-                    )
-                )
+        for bid in _ids(self.storage, "normal/", ".meta.json"):
+            try:
+                m = archive.load_meta(self.storage, bid)
+            except (BackupMissing, BackupDamaged):
+                continue
+            size = m["logical_bytes"]
+            created = datetime.fromisoformat(m["created"])
+            out.append(BackupInfo(bid, "normal", created, size, {"disk": size}, int(m.get("stored_bytes", 0))))
+        for bid in _ids(self.storage, "manifests/", ".json"):
+            try:
+                mf = self._manifest(bid)
+            except (BackupMissing, BackupDamaged):
+                continue
+            sizes = {k: d.size for k, d in mf.disks.items()}
+            created = datetime.fromisoformat(mf.created)
+            out.append(BackupInfo(bid, "incremental", created, sum(sizes.values()), sizes, mf.stored_bytes))
         return sorted(out, key=lambda b: (b.created, b.backup_id))
 
     # -- removing -----------------------------------------------------------------------------------------
@@ -192,3 +200,13 @@ class Engine:
             for key in list(archive.orphan_archives(self.storage)):
                 self.storage.delete(key)
             gc.sweep_locked(self.storage, self.chunks)
+
+
+def _ids(storage: Storage, prefix: str, suffix: str) -> Iterator[str]:
+    """Backup ids of the objects `<prefix><id><suffix>`; names that are no backup id were not written by us."""
+    for key in storage.list(prefix):
+        if key.endswith(suffix):
+            try:
+                yield check_backup_id(key[len(prefix) : -len(suffix)])
+            except InvalidBackupId:
+                continue

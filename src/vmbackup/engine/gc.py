@@ -12,36 +12,49 @@ writing the `gc-pending` marker, and the next take (when it ends), `Engine.recov
 
 from __future__ import annotations
 
+import logging
+
+from vmbackup.engine import documents
+from vmbackup.engine import manifest as manifests
 from vmbackup.engine.chunkstore import ChunkStore
 from vmbackup.engine.manifest import ID_BYTES, decode, manifest_key
 from vmbackup.errors import BackupDamaged
 from vmbackup.storage.base import ObjectMissing, Storage
 
 PENDING_KEY = "gc-pending"
+_log = logging.getLogger(__name__)
 
 
-def referenced_chunks(storage: Storage) -> set[bytes] | None:
-    """Packed ids every complete manifest uses, or None if a manifest is unreadable (then nothing is safe to
-    delete: we cannot know what the damaged manifest references)."""
+def referenced_chunks(storage: Storage) -> tuple[set[bytes], str | None]:
+    """(packed ids every manifest uses, None), or (empty, why) when a manifest cannot be read: then nothing is
+    safe to delete, since nobody knows what that manifest references.  Any object under `manifests/` counts,
+    whatever its name: skipping one we do not understand could delete the chunks of a backup."""
     out: set[bytes] = set()
     for key in storage.list("manifests/"):
         if not key.endswith(".json"):
             continue
         backup_id = key[len("manifests/") : -len(".json")]
         try:
-            out |= decode(storage.get(key), backup_id).referenced()
+            raw = documents.read(storage, key, manifests.MAX_BYTES)
+            out |= decode(raw, backup_id).referenced()
         except ObjectMissing:
             continue  # deleted meanwhile
-        except BackupDamaged:
-            return None
-    return out
+        except documents.DocumentError as exc:
+            return set(), f"manifest {key} is damaged: {exc}"
+        except BackupDamaged as exc:
+            return set(), exc.message
+    return out, None
 
 
 def sweep_locked(storage: Storage, store: ChunkStore) -> int:
-    """Delete unreferenced chunks; the caller holds the exclusive lock.  Returns bytes freed."""
-    keep = referenced_chunks(storage)
-    if keep is None:
-        storage.put(PENDING_KEY, b"a manifest is damaged; collection postponed\n")
+    """Delete unreferenced chunks; the caller holds the exclusive lock.  Returns bytes freed.  When a manifest
+    is unreadable nothing is deleted: the reason is logged and kept in the `gc-pending` marker, and every later
+    collection tries again."""
+    keep, blocked = referenced_chunks(storage)
+    if blocked is not None:
+        why = f"chunk collection postponed, nothing deleted: {blocked}"
+        _log.warning("%s", why)
+        storage.put(PENDING_KEY, why.encode() + b"\n")
         return 0
     freed = 0
     for cid in list(store.ids()):
@@ -65,6 +78,7 @@ def collect(storage: Storage, store: ChunkStore, *, blocking: bool) -> int:
 
 
 def delete_incremental(storage: Storage, store: ChunkStore, backup_id: str) -> int:
-    # Manifest first: from here on the backup does not exist; a crash before the sweep only leaves garbage.
-    freed = storage.delete(manifest_key(backup_id))
+    # Manifest first, durably: from here on the backup does not exist, and a power cut cannot bring it back
+    # after some of its chunks' removals reached the disk.  A crash before the sweep only leaves garbage.
+    freed = storage.delete(manifest_key(backup_id), durable=True)
     return freed + collect(storage, store, blocking=False)

@@ -187,9 +187,9 @@ class _Repeats:
         self._bytes = 0
         self._mutex = threading.Lock()
 
-    def load(self, store: ChunkStore, cid: str) -> bytes:
+    def load(self, store: ChunkStore, cid: str, length: int) -> bytes:
         if cid not in self._uses:
-            return store.load(cid)
+            return store.load(cid, length)
         while True:
             with self._mutex:
                 data = self._kept.get(cid)
@@ -202,7 +202,7 @@ class _Repeats:
                     break
             loading.wait()  # another thread is loading it: take it from the cache (or load it if that failed)
         try:
-            data = store.load(cid)
+            data = store.load(cid, length)
         except BaseException:
             with self._mutex:
                 self._loading.pop(cid).set()
@@ -248,7 +248,7 @@ def _restore_disk(
             off = (first + j) * cs
             length = min(cs, entry.size - off)
             try:
-                data = repeats.load(store, cid)
+                data = repeats.load(store, cid, length)
             except (ChunkMissing, ChunkCorrupt) as exc:
                 raise _damage(backup_id, key, cid, exc) from None
             if len(data) != length:

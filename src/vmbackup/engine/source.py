@@ -63,28 +63,69 @@ class Source:
 
 def open_source(path: str, *, direct: bool = False) -> Source:
     """`direct`: also open the image with O_DIRECT, for callers that read it once in large aligned pieces (no
-    page cache to fill and reclaim; see engine/archive.py for the measurement)."""
+    page cache to fill and reclaim; see engine/archive.py).  Only a regular file or a block device is read:
+    the image is opened with O_NONBLOCK, so a FIFO (or a device that waits for a peer) cannot block the open,
+    and refused after an fstat of what was actually opened; O_NONBLOCK is then cleared for the reads."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise SourceMissing(f"disk image {path} does not exist") from None
     except OSError as exc:
         raise SourceMissing(f"disk image {path} cannot be read: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode):
-        size = st.st_size
-    elif stat.S_ISBLK(st.st_mode):
-        size = os.lseek(fd, 0, os.SEEK_END)
-    else:
+    except ValueError:  # a NUL byte
+        raise SourceMissing(f"disk image {path!r} is not a valid path") from None
+    try:
+        st = _regular_or_block(fd, path)
+        size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
+        dfd = _reopen_direct(path, st) if direct and _O_DIRECT else None
+    except BaseException:
         os.close(fd)
-        raise SourceMissing(f"disk image {path} is neither a regular file nor a block device")
-    dfd = None
-    if direct and _O_DIRECT:
-        try:
-            dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
-        except OSError:  # tmpfs and a few others refuse O_DIRECT
-            dfd = None
+        raise
     return Source(path, fd, size, dfd)
+
+
+def _regular_or_block(fd: int, path: str) -> os.stat_result:
+    st = os.fstat(fd)
+    if not is_image_mode(st.st_mode):
+        raise SourceMissing(f"disk image {path} is {file_kind(st.st_mode)}: {NOT_AN_IMAGE}")
+    os.set_blocking(fd, True)
+    return st
+
+
+def _reopen_direct(path: str, st: os.stat_result) -> int | None:
+    """The same file opened again with O_DIRECT, or None.  Opened by name, so the name may lead elsewhere by
+    now: non-blocking again, and dropped unless it is the very file of `st`."""
+    try:
+        dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | _O_DIRECT)
+    except OSError:  # tmpfs and a few others refuse O_DIRECT
+        return None
+    again = os.fstat(dfd)
+    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+        os.close(dfd)
+        return None
+    os.set_blocking(dfd, True)
+    return dfd
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is no disk image is, for messages."""
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def is_image_mode(mode: int) -> bool:
+    """Disk images are regular files or block devices, nothing else (a FIFO would block a reader forever)."""
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)
+
+
+NOT_AN_IMAGE = "neither a regular file nor a block device"
 
 
 def data_extents(src: Source) -> Iterator[tuple[int, int]]:

@@ -125,6 +125,8 @@ def parse_pax(data: bytes) -> dict[str, str]:
     pos = 0
     while pos < len(data) and data[pos] != 0:
         length = int(data[pos : data.index(b" ", pos)])
+        if not pos < pos + length <= len(data):  # a record that ends nowhere (or never moves on) is not ours
+            raise TarFormatError("bad PAX record length")
         key, _, value = data[data.index(b" ", pos) + 1 : pos + length - 1].decode().partition("=")
         out[key] = value
         pos += length

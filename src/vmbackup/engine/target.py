@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmbackup.engine.source import NOT_AN_IMAGE, file_kind, is_image_mode
 from vmbackup.errors import StorageFull, TargetInvalid
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -52,13 +53,21 @@ def _aligned_buffer(n: int) -> memoryview:
     return memoryview(buf)[:n]
 
 
-def _open_direct(path: str | Path) -> int | None:
+def _open_direct(path: str | Path, fd: int) -> int | None:
+    """The file of `fd` opened again with O_DIRECT, or None.  By name, so the name may lead elsewhere by now:
+    non-blocking (a FIFO put there cannot hang us), and dropped unless it is the very file of `fd`."""
     if not _O_DIRECT:
         return None
     try:
-        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | _O_DIRECT)
+        dfd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK | _O_DIRECT)
     except OSError:  # tmpfs and a few others refuse O_DIRECT
         return None
+    st, again = os.fstat(fd), os.fstat(dfd)
+    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+        os.close(dfd)
+        return None
+    os.set_blocking(dfd, True)
+    return dfd
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -137,15 +146,17 @@ def open_target(path: str, size: int, *, force_overwrite: bool = False) -> Itera
         st = None
     except OSError as exc:
         raise TargetInvalid(f"restore target {path} cannot be used: {exc.strerror}") from None
+    except ValueError:  # a NUL byte
+        raise TargetInvalid(f"restore target {path!r} is not a valid path") from None
     try:
         if st is None:
             with _new_file(p, size) as t:
                 yield t
-        elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            with _in_place(p, size, block=stat.S_ISBLK(st.st_mode) or force_overwrite) as t:
+        elif is_image_mode(st.st_mode):
+            with _in_place(p, size, force_overwrite=force_overwrite) as t:
                 yield t
         else:
-            raise TargetInvalid(f"restore target {path} is neither a regular file nor a block device")
+            raise TargetInvalid(f"restore target {path} is {file_kind(st.st_mode)}: {NOT_AN_IMAGE}")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise StorageFull(f"no space left on the restore target {path}") from exc
@@ -160,7 +171,7 @@ def _new_file(p: Path, size: int) -> Iterator[Target]:
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size)
-        t = Target(str(p), fd, size, needs_zeroing=False, direct_fd=_open_direct(tmp))
+        t = Target(str(p), fd, size, needs_zeroing=False, direct_fd=_open_direct(tmp, fd))
         try:
             yield t
         finally:
@@ -180,12 +191,19 @@ def _new_file(p: Path, size: int) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def _in_place(p: Path, size: int, *, block: bool) -> Iterator[Target]:
+def _in_place(p: Path, size: int, *, force_overwrite: bool) -> Iterator[Target]:
+    """The existing image, opened non-blocking (the name may have been replaced by a FIFO since it was looked
+    at: its open would wait for a reader forever) and checked again on what was opened."""
     try:
-        fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise TargetInvalid(f"restore target {p} cannot be opened for writing: {exc.strerror}") from None
     try:
+        mode = os.fstat(fd).st_mode
+        if not is_image_mode(mode):
+            raise TargetInvalid(f"restore target {p} is {file_kind(mode)}: {NOT_AN_IMAGE}")
+        os.set_blocking(fd, True)
+        block = stat.S_ISBLK(mode) or force_overwrite
         if block:
             have = os.lseek(fd, 0, os.SEEK_END)
             if have < size:
@@ -193,7 +211,7 @@ def _in_place(p: Path, size: int, *, block: bool) -> Iterator[Target]:
         else:
             os.ftruncate(fd, 0)
             os.ftruncate(fd, size)
-        t = Target(str(p), fd, size, needs_zeroing=block, direct_fd=_open_direct(p))
+        t = Target(str(p), fd, size, needs_zeroing=block, direct_fd=_open_direct(p, fd))
         try:
             yield t
         finally:

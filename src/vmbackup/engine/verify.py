@@ -6,7 +6,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from vmbackup.engine.archive import READ_THREADS, archive_key, meta_key, read_archive
-from vmbackup.engine.chunkstore import ChunkCorrupt, ChunkMissing, ChunkStore
+from vmbackup.engine.chunkstore import ChunkCorrupt, ChunkMissing, ChunkStore, ChunkUnreadable
 from vmbackup.engine.manifest import Manifest
 from vmbackup.engine.types import Progress, VerifyReport
 from vmbackup.errors import BackupDamaged
@@ -57,9 +57,11 @@ def verify_incremental(store: ChunkStore, manifest: Manifest, workers: int, prog
         """(id, stored bytes, problem or None, whether the object is present but damaged)"""
         key, length = todo[cid]
         try:
-            data, stored = store.load_sized(cid)
+            data, stored = store.load_sized(cid, length)
         except ChunkMissing:
             return cid, 0, f"chunk {cid} of disk {key} is missing", False
+        except ChunkUnreadable as exc:  # reported, but not moved aside: it may be a permission problem
+            return cid, 0, f"chunk {cid} of disk {key} is corrupt: {exc}", False
         except ChunkCorrupt as exc:
             return cid, 0, f"chunk {cid} of disk {key} is corrupt: {exc}", True
         if len(data) != length:

@@ -14,6 +14,7 @@ from vmbackup.db.base import utcnow
 from vmbackup.db.models import DataStore, Disk, ImageTemplate, User, VirtualMachine
 from vmbackup.db.queries import inventory
 from vmbackup.db.queries import transactions as tx_queries
+from vmbackup.engine.source import NOT_AN_IMAGE, file_kind, is_image_mode
 from vmbackup.errors import Conflict, Invalid
 from vmbackup.services.access import apply, find, find_owned, owner_scope, require_admin
 
@@ -120,24 +121,37 @@ def _under(path: Path, roots: Sequence[Path]) -> bool:
 def image_path_problem(path: str, roots: Sequence[Path]) -> str | None:
     """Why ``path`` may not be a disk image, or None. With ``roots``, the path as written and the path with every
     symlink resolved must both lie in a root (so a link planted in an image directory cannot point a restore at
-    /etc/shadow or /dev/sda). No roots: any absolute path, as before VMBACKUP_IMAGE_ROOTS existed."""
+    /etc/shadow or /dev/sda). No roots: any absolute path, as before VMBACKUP_IMAGE_ROOTS existed. Either way an
+    existing path must be a regular file or a block device (a FIFO would hang the worker that opens it); one
+    that does not exist yet is fine (a restore creates it)."""
+    if "\0" in path:  # no file system takes it, and os calls raise ValueError on it
+        return "must not contain a NUL byte"
     p = Path(path)
     if not p.is_absolute() or ".." in p.parts:
         return "must be an absolute path without '..'"
-    if not roots:
-        return None
-    shown = ", ".join(str(r) for r in roots)
-    if not _under(Path(os.path.normpath(p)), roots):
-        return f"must be inside an allowed image root ({shown})"
-    real = Path(os.path.realpath(p))
-    if _under(real, [Path(os.path.realpath(r)) for r in roots]):
-        return None
+    if roots:
+        shown = ", ".join(str(r) for r in roots)
+        if not _under(Path(os.path.normpath(p)), roots):
+            return f"must be inside an allowed image root ({shown})"
+        real = Path(os.path.realpath(p))
+        if not _under(real, [Path(os.path.realpath(r)) for r in roots]):
+            try:
+                block = stat.S_ISBLK(os.stat(real).st_mode)
+            except OSError:
+                block = False
+            kind = "a block device" if block else "a symlink"
+            return f"is {kind} resolving to {real}, outside the allowed image roots ({shown})"
+    return _kind_problem(p)
+
+
+def _kind_problem(p: Path) -> str | None:
     try:
-        block = stat.S_ISBLK(os.stat(real).st_mode)
+        mode = os.stat(p).st_mode  # through symlinks: what a take or restore would open
     except OSError:
-        block = False
-    kind = "a block device" if block else "a symlink"
-    return f"is {kind} resolving to {real}, outside the allowed image roots ({shown})"
+        return None  # missing (a restore may create it) or not ours to look at: the task reports it
+    if is_image_mode(mode):
+        return None
+    return f"is {file_kind(mode)}: {NOT_AN_IMAGE}"
 
 
 def _check_image_path(db: Session, path: str | None) -> None:

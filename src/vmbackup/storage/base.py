@@ -8,6 +8,17 @@ starting with a dot are reserved for a backend's temporary objects and its lock.
 
 Errors: a missing key raises `ObjectMissing`; running out of space raises `vmbackup.errors.StorageFull`, and
 a failed write never leaves a partial object (nor, after `cleanup_temp`, a temporary one) behind.
+
+Durability, what the engine's crash safety is built on (and all a backend must give; `tests/failure/
+powerloss.py` is a backend that gives exactly this and loses everything else at a simulated power cut):
+
+- `open_writer`/`put`: when they return, the object (data and name) survives a power cut.
+- `batch`: a `put` survives nothing until `flush`; after `flush` the objects are visible and their data is
+  durable, but their names may still be lost; when the batch ends, the names of every object it put or
+  `keep`-ed are durable.  An object never appears without its data.
+- `delete`: the object is gone for readers at once, but a power cut may bring it back, unless `durable=True`
+  (then it stays gone once `delete` returns).  Only durable removals are ordered: a later removal (or any
+  other change) may reach the disk before an earlier non-durable one.
 """
 
 from __future__ import annotations
@@ -46,8 +57,8 @@ class Batch(Protocol):
         (its writer, another process maybe, may not have made it durable yet)."""
 
     def flush(self) -> list[str]:
-        """Make every object put so far visible, with its data durable; returns their keys.  Names are
-        durable once the batch ends."""
+        """Make every object put so far visible, with its data durable; returns their keys.  Their names are
+        durable only once the batch ends."""
 
 
 class _ImmediateBatch:
@@ -91,9 +102,9 @@ class Storage(ABC):
 
     def batch(self) -> AbstractContextManager[Batch]:
         """Many small objects (chunks) with one durability barrier instead of one per object.  Each object
-        still appears atomically, and only with its data durable; the names are durable after `flush` or
-        the block's normal exit (which flushes).  On error, objects not yet flushed may be dropped (never
-        left partial).  Backends without a cheaper way just put each object (this default)."""
+        still appears atomically, and only with its data durable; the names are durable after the block's
+        normal exit (which flushes).  On error, objects not yet flushed may be dropped (never left partial).
+        Backends without a cheaper way just put each object (this default)."""
         return _default_batch(self)
 
     @abstractmethod
@@ -125,8 +136,9 @@ class Storage(ABC):
         """Stored size in bytes; raises ObjectMissing."""
 
     @abstractmethod
-    def delete(self, key: str) -> int:
-        """Remove the object and return the bytes freed; raises ObjectMissing."""
+    def delete(self, key: str, *, durable: bool = False) -> int:
+        """Remove the object and return the bytes freed; raises ObjectMissing.  `durable`: the removal
+        survives a power cut once this returns (a meta or manifest goes before the data it names)."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:

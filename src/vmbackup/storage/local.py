@@ -1,16 +1,14 @@
 """Storage in a local (or mounted) directory: one file per key.
 
-Durability: a writer writes `<dir>/.tmp-<name>-<random>`, fsyncs it, renames it over the final name and fsyncs
-the directory, so after `open_writer` returns the object survives a power cut and a crash never exposes a
-partial object.  (Starting writeback behind a streamed object with sync_file_range was tried: it blocks the
-writer on a busy device queue, 4.3 s instead of 3.1 s for the bench's normal backup, so it is not done.)
+Durability (the contract in storage/base.py): a writer writes `<dir>/.tmp-<name>-<random>`, fsyncs it,
+renames it over the final name and fsyncs the directory (and the parent of any directory it had to create),
+so after `open_writer` returns the object survives a power cut and a crash never exposes a partial object.
+A durable `delete` fsyncs the directory after the unlink; others leave that to the next fsync of it.
 
 A `batch` (the chunk store's) keeps the same order per object, temporary -> fsync -> rename, but pays the
 fsyncs once per flush instead of twice per object: every put keeps its file open; `flush` fsyncs them (the
 first fsync commits the journal for all of them), renames them, and the directories are fsynced once when
-the batch ends.  Measured here on
-3000 files of 60 KiB (ext4 on virtio): fsync per file ~350 us per file, batched ~110-170 us, i.e. the
-file creation itself.
+the batch ends: a third of the per-file cost of two fsyncs per file (BENCHMARKS.md, round 1).
 
 The store-wide lock is `flock` on `<root>/.lock`; flock locks belong to an open file description, so they
 also exclude threads of one process that open the lock separately.
@@ -70,6 +68,19 @@ def _full(exc: OSError, key: str) -> StorageFull:
     return StorageFull(f"storage full while writing {key}: {exc.strerror or exc}")
 
 
+def _make_dirs(d: str) -> list[str]:
+    """Create `d` and any missing parents; returns the directories created, deepest first (their entries in
+    their parents are not durable until those parents are fsynced)."""
+    created = []
+    p = d
+    while not os.path.isdir(p):
+        created.append(p)
+        p = os.path.dirname(p)
+    if created:
+        os.makedirs(d, exist_ok=True)
+    return created
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -89,16 +100,9 @@ class _LocalBatch:
     def _ensure_dir(self, d: str) -> None:
         if d in self._known_dirs:
             return
-        created = []
-        p = d
-        while not os.path.isdir(p):
-            created.append(p)
-            p = os.path.dirname(p)
-        if created:
-            os.makedirs(d, exist_ok=True)
-            with self._mutex:
-                self._dirty_dirs.update(os.path.dirname(c) for c in created)
+        created = _make_dirs(d)
         with self._mutex:
+            self._dirty_dirs.update(os.path.dirname(c) for c in created)
             self._known_dirs.add(d)
 
     def put(self, key: str, data: bytes | bytearray | memoryview, /) -> None:
@@ -177,10 +181,9 @@ class _LocalBatch:
 class _StreamWriter:
     """What `LocalStorage.open_writer` yields.  Data collects in a page-aligned buffer of `_WRITE_BUF` bytes;
     each full buffer is written by a helper thread with O_DIRECT while the caller fills the other one, so a
-    large object (an archive) reaches the device while it is being produced, not in the final fsync, and
-    without page cache copies.  Normal backup of the bench image (engine library, cold, loaded VM): the
-    final fsync of the buffered archive took 0.37 s of ~3.3 s.  The tail (and everything of a small object)
-    is one ordinary write before the fsync."""
+    large object (an archive) reaches the device while it is being produced, not all in the final fsync, and
+    without page cache copies (BENCHMARKS.md, round 2).  The tail (and everything of a small object) is one
+    ordinary write before the fsync."""
 
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -293,9 +296,9 @@ class LocalStorage(Storage):
     @contextmanager
     def open_writer(self, key: str) -> Iterator[Writer]:
         final = self.path_of(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f"{_TMP}{final.name}-{secrets.token_hex(6)}"
         try:
+            created = _make_dirs(str(final.parent))
             w = _StreamWriter(str(tmp))
             try:
                 yield w
@@ -304,6 +307,8 @@ class LocalStorage(Storage):
                 w.close()
             os.replace(tmp, final)
             fsync_dir(final.parent)
+            for d in created:  # deepest first: a new directory's entry in its parent, up to one that existed
+                fsync_dir(Path(os.path.dirname(d)))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno == errno.ENOSPC:
@@ -345,21 +350,17 @@ class LocalStorage(Storage):
             os.close(fd)
 
     def get_once(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        """Read with O_DIRECT into a reused aligned buffer: no page cache pages to allocate, fill and reclaim.
-        Cold reads of the bench's 9201 chunk files (864 MiB) on 8 threads: buffered 2.4-2.7 s with 1.15 s of
-        system time, direct 1.3 s with 0.45 s (more threads or reading in key order changed nothing beyond
-        the noise).  Falls back to `get` where O_DIRECT is refused (tmpfs)."""
+        """Read with O_DIRECT into a reused aligned buffer: no page cache pages to allocate, fill and reclaim
+        (half the wall and a third of the system time on cold chunk reads: BENCHMARKS.md, round 2).  Falls
+        back to `get` where O_DIRECT is refused (tmpfs)."""
         return self.read_once(key, bytes, offset, length)
 
     def read_once(self, key: str, use: Callable[[memoryview], T], offset: int = 0, length: int | None = None) -> T:
         """Direct read into this thread's scratch buffer, lent to `use` without a copy.  A whole object is read
-        with one read of `_FIRST_READ` bytes and no fstat when it fits (a chunk: open, read, close).  2 GiB
-        bench, loading the 11,114 chunks of the 2nd backup cold on 16 threads (no writes): `get_once` (fstat,
-        read, copy to bytes) + decompress + BLAKE3 2.15 s (1.73 s user, 1.30 s system), this path (string
-        paths, no fstat, no copy) 1.20 s (1.23 s user, 0.69 s system).  O_NOATIME: with relatime, the first read
-        of a file written since its last read updates its atime, a dirty inode per chunk restored after a take;
-        2nd bench backup restored with the chunks' atime reset to their mtime, two rounds: 0.82/0.90 s of
-        system time with it, 0.88/0.97 without (wall the same within the noise)."""
+        with one read of `_FIRST_READ` bytes and no fstat when it fits (a chunk: open, read, close): chunk loads
+        took half the CPU of `get_once` (BENCHMARKS.md, round 3).  O_NOATIME: with relatime, the first read of
+        a file written since its last read would dirty its inode, one per chunk of the first restore after a
+        take."""
         if not _O_DIRECT or self._no_direct:
             return use(memoryview(self.get(key, offset, length)))
         path = self.spath(key)
@@ -419,13 +420,15 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             raise ObjectMissing(key) from None
 
-    def delete(self, key: str) -> int:
+    def delete(self, key: str, *, durable: bool = False) -> int:
         path = self.path_of(key)
         try:
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:
             raise ObjectMissing(key) from None
+        if durable:
+            fsync_dir(path.parent)
         return size
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -469,7 +472,3 @@ class LocalStorage(Storage):
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-
-    def free_bytes(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize

@@ -83,7 +83,7 @@ class MemoryStorage(Storage):
         except KeyError:
             raise ObjectMissing(key) from None
 
-    def delete(self, key: str) -> int:
+    def delete(self, key: str, *, durable: bool = False) -> int:
         with self._mutex:
             try:
                 return len(self.objects.pop(check_key(key)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import ImageFactory, overwrite
 
 from vmbackup.engine import Engine
@@ -103,3 +104,113 @@ def test_recover_removes_temporaries_orphans_and_unreferenced_chunks(tmp_path: P
     assert not store.exists("chunks/ff/" + "f" * 64)
     assert not (tmp_path / "store" / "chunks" / ".tmp-x-123").exists()
     assert eng.verify("keep").ok
+
+
+# -- what collection must keep, and when it must keep everything ----------------------------------------------
+
+
+def _referenced_by_the_json(storage: Storage) -> set[str]:
+    """Chunk ids the manifests list, read straight from their JSON (not through the engine's decoder)."""
+    import json
+
+    out: set[str] = set()
+    for key in storage.list("manifests/"):
+        for disk in json.loads(storage.get(key))["disks"].values():
+            out |= {cid for cid in disk["chunks"] if cid}
+    return out
+
+
+def _chunk_ids(storage: Storage) -> set[str]:
+    return {k.rpartition("/")[2] for k in storage.list(PREFIX)}
+
+
+def test_gc_after_a_delete_keeps_every_chunk_of_the_remaining_backups(storage: Storage, tmp_path: Path) -> None:
+    """Disks whose size is not a multiple of the chunk size (a short last chunk), disks that are, and a last
+    chunk no other backup shares: after deleting one backup every chunk the others list is still there, they
+    restore byte for byte, and nothing unreferenced is left."""
+    import os
+
+    cs = 16 * 1024
+    sizes = {"vda": 5 * cs + 123, "vdb": 3 * cs, "vdc": cs - 1}
+    images: dict[str, dict[str, bytes]] = {}
+    eng = Engine(storage, chunk_size=cs, workers=2)
+    for n in range(3):
+        disks = {}
+        for key, size in sizes.items():
+            data = os.urandom(size)  # every chunk (the last ones too) unique to this backup and disk
+            (tmp_path / f"{n}-{key}.img").write_bytes(data)
+            disks[key] = str(tmp_path / f"{n}-{key}.img")
+            images.setdefault(f"b{n}", {})[key] = data
+        eng.take_incremental(f"b{n}", disks)
+    eng.delete("b1")
+    eng.gc()
+    assert _chunk_ids(storage) == _referenced_by_the_json(storage)
+    for bid in ("b0", "b2"):
+        assert eng.verify(bid).ok
+        out = {key: str(tmp_path / f"{bid}-{key}.out") for key in sizes}
+        eng.restore(bid, out)
+        assert {k: Path(p).read_bytes() for k, p in out.items()} == images[bid]
+
+
+def _shared_backups(storage: Storage, make_image: ImageFactory) -> Engine:
+    img = make_image()
+    eng = Engine(storage, chunk_size=64 * 1024)
+    eng.take_incremental("i1", {"vda": str(img)})
+    overwrite(img, 0, b"i2 differs here" * 100)
+    eng.take_incremental("i2", {"vda": str(img)})
+    return eng
+
+
+def _unreadable(storage: Storage, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    real = type(storage).get
+
+    def get(self: Storage, k: str, *args: object) -> bytes:
+        if k == key:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(self, k, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(storage), "get", get)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-json", "deeply-nested", "edited-id", "unreadable"])
+def test_gc_with_one_damaged_manifest_deletes_nothing_and_says_why(
+    storage: Storage,
+    make_image: ImageFactory,
+    damage: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from vmbackup.engine.manifest import manifest_key
+
+    eng = _shared_backups(storage, make_image)
+    storage.put(f"{PREFIX}ee/{'e' * 64}", b"left by a crashed take: unreferenced")
+    key = manifest_key("i2")
+    good = storage.get(key)
+    if damage == "truncated":
+        storage.put(key, good[: len(good) // 2])
+    elif damage == "not-json":
+        storage.put(key, b"\xff" + good)
+    elif damage == "deeply-nested":
+        storage.put(key, b"[" * 100_000 + b"]" * 100_000)
+    elif damage == "edited-id":
+        text = good.decode()
+        first = text.index('"', text.index('"chunks"') + 10) + 1
+        storage.put(key, (text[:first] + "0" + text[first + 1 :]).encode())
+    else:
+        _unreadable(storage, key, monkeypatch)
+    before = _chunk_ids(storage)
+    eng.delete("i1")  # its own chunks become unreferenced, but i2 cannot be read: nothing may go
+    assert eng.gc() == 0
+    assert _chunk_ids(storage) == before
+    why = storage.get(PENDING_KEY).decode()
+    assert "nothing deleted" in why and "manifests/i2.json" in why, why
+    assert any("manifests/i2.json" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+    monkeypatch.undo()
+    storage.put(key, good)  # repaired: the next collection does its work
+    assert eng.gc() > 0
+    assert not storage.exists(PENDING_KEY)
+    assert _chunk_ids(storage) == _referenced_by_the_json(storage)
+    assert eng.verify("i2").ok

@@ -127,3 +127,123 @@ def test_quarantine_waits_while_a_take_holds_the_store(storage: Storage, make_im
     with storage.lock(exclusive=False):  # what a running take holds
         assert eng.quarantine(damaged) == 0
     assert eng.quarantine(damaged) == 1
+
+
+# -- valid but wrong data: every object below decompresses cleanly, so zstd's checksum cannot catch it ----------
+
+
+def _equal_sized_chunks_backup(storage: Storage, tmp_path: Path) -> tuple[Engine, bytes, str, str]:
+    """An incremental of distinct random chunks of one size; returns (engine, image, id X, id Y)."""
+    import os
+
+    from vmbackup.engine.manifest import decode
+
+    data = b"".join(os.urandom(64 * 1024) for _ in range(4))
+    (tmp_path / "disk.img").write_bytes(data)
+    eng = Engine(storage, chunk_size=64 * 1024)
+    eng.take_incremental("i1", {"vda": str(tmp_path / "disk.img")})
+    ids = [cid for _, cid in decode(storage.get(manifest_key("i1")), "i1").disks["vda"].chunk_ids()]
+    assert len(set(ids)) == 4 and all(ids)
+    return eng, data, str(ids[1]), str(ids[2])
+
+
+def test_a_swapped_chunk_is_caught_by_verify(storage: Storage, tmp_path: Path) -> None:
+    """Chunk file X replaced by the valid zstd frame of chunk Y (same length): only the BLAKE3 re-hash on read
+    can tell."""
+    from vmbackup.engine.chunkstore import chunk_key
+
+    eng, _, x, y = _equal_sized_chunks_backup(storage, tmp_path)
+    storage.put(chunk_key(x), storage.get(chunk_key(y)))
+    report = eng.verify("i1")
+    assert report.problems == [f"backup i1: chunk {x} of disk vda is corrupt: fails its BLAKE3 check"]
+    assert report.damaged_chunks == [x]
+
+
+def test_a_swapped_chunk_is_refused_by_restore(storage: Storage, tmp_path: Path) -> None:
+    from vmbackup.engine.chunkstore import chunk_key
+
+    eng, data, x, y = _equal_sized_chunks_backup(storage, tmp_path)
+    storage.put(chunk_key(x), storage.get(chunk_key(y)))
+    with pytest.raises(BackupDamaged, match=f"backup i1: chunk {x} of disk vda is corrupt: fails its BLAKE3 check"):
+        eng.restore("i1", {"vda": str(tmp_path / "out.img")})
+    assert not (tmp_path / "out.img").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    # In place too (the chunk exists, so the up-front check passes; the re-hash stops it before it is written).
+    target = tmp_path / "disk.img"
+    with pytest.raises(BackupDamaged, match=f"chunk {x} of disk vda is corrupt"):
+        eng.restore("i1", {"vda": str(target)})
+    with open(target, "rb") as f:
+        f.seek(64 * 1024)
+        assert f.read(64 * 1024) != data[128 * 1024 : 192 * 1024]  # Y's bytes never landed where X belongs
+
+
+def _two_normal_backups(storage: Storage, make_image: ImageFactory) -> tuple[Engine, Path, Path]:
+    eng = Engine(storage)
+    a, b = make_image("a.img", seed=1), make_image("b.img", seed=2)
+    eng.take_normal("n1", str(a))
+    eng.take_normal("n2", str(b))
+    return eng, a, b
+
+
+def _swap(storage: Storage, *keys: tuple[str, str]) -> None:
+    saved = {k: storage.get(k) for pair in keys for k in pair}
+    for k1, k2 in keys:
+        storage.put(k1, saved[k2])
+        storage.put(k2, saved[k1])
+
+
+@pytest.mark.parametrize("what", ["archives", "archives-and-metas"])
+def test_swapped_normal_backups_are_caught_by_verify_and_restore(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path, what: str
+) -> None:
+    eng, _, _ = _two_normal_backups(storage, make_image)
+    pairs = [(archive_key("n1"), archive_key("n2"))]
+    if what == "archives-and-metas":
+        pairs.append((meta_key("n1"), meta_key("n2")))
+    _swap(storage, *pairs)
+    for bid in ("n1", "n2"):
+        report = eng.verify(bid)
+        assert not report.ok and report.problems[0].startswith(f"backup {bid}: "), report.problems
+        with pytest.raises(BackupDamaged, match=f"backup {bid}: "):
+            eng.restore(bid, str(tmp_path / f"{bid}.out"))
+        assert not (tmp_path / f"{bid}.out").exists()
+    if what == "archives-and-metas":
+        assert "it belongs to backup 'n2'" in eng.verify("n1").problems[0]
+    assert eng.list() == [] if what == "archives-and-metas" else len(eng.list()) == 2
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_swapped_meta_relabelled_to_its_new_name_is_still_caught(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path, version: int
+) -> None:
+    """n2's files moved under n1's name and its meta rewritten to say n1 (with a valid checksum): the archive
+    still holds n2's member, whose name the tar stream's BLAKE3 covers."""
+    import json
+
+    from vmbackup.engine.archive import meta_checksum
+
+    eng, _, _ = _two_normal_backups(storage, make_image)
+    _swap(storage, (archive_key("n1"), archive_key("n2")), (meta_key("n1"), meta_key("n2")))
+    meta = json.loads(storage.get(meta_key("n1")))
+    meta.update(backup_id="n1", member_name="n1.img", version=version)
+    meta.pop("blake3")
+    if version == 3:
+        meta["blake3"] = meta_checksum(meta)
+    storage.put(meta_key("n1"), json.dumps(meta).encode())
+    report = eng.verify("n1")
+    assert "its member is 'n2.img', not 'n1.img'" in report.problems[0], report.problems
+    with pytest.raises(BackupDamaged, match="another backup's archive"):
+        eng.restore("n1", str(tmp_path / "out.img"))
+    assert not (tmp_path / "out.img").exists()
+
+
+def test_an_edited_version_3_meta_is_damage(storage: Storage, make_image: ImageFactory) -> None:
+    import json
+
+    eng = Engine(storage)
+    eng.take_normal("n1", str(make_image()))
+    meta = json.loads(storage.get(meta_key("n1")))
+    meta["created"] = "2020-01-01T00:00:00+00:00"  # parses, adds up, checks nothing else: only the checksum
+    storage.put(meta_key("n1"), json.dumps(meta).encode())
+    report = eng.verify("n1")
+    assert "metadata normal/n1.meta.json is damaged: its content fails its BLAKE3 checksum" in report.problems[0]
