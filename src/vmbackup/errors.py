@@ -7,6 +7,7 @@
     ├── TooManyAttempts   (429, 7)     too many failed logins from this client or for this login; retry later
     ├── Invalid           (422, 2)     bad parameters; may carry per-field messages
     ├── Conflict          (422, 6)     the object's state forbids the action (locked, unbuilt, booted...)
+    ├── DatabaseFull      (507, 18)    the database has no space left: nothing was changed
     └── EngineError       (422, 10)    the backup engine refused or failed
         ├── SourceMissing (422, 11)    the disk image to back up does not exist / cannot be read
         ├── BackupMissing (404, 12)    no such backup in the store
@@ -127,3 +128,10 @@ class InvalidBackupId(EngineError):
     """A backup id is 1 to 64 letters, digits, '_' or '-', starting with a letter or digit."""
 
     exit_code = 17
+
+
+class DatabaseFull(VmbackupError):
+    """The service's data directory is full (No space left on device): nothing was changed."""
+
+    status = 507  # Insufficient Storage (RFC 4918): the request may succeed once space is freed
+    exit_code = 18

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +170,66 @@ def test_odd_json_is_422(api, raw):
     r = api.request("POST", "/settings/data_stores.json", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code in (201, 422), r.text
     assert r.status_code == 201 or "errors" in r.json()
+
+
+# Bodies of the shapes that cost the JSON nesting check most, each at the size limit. The first made the old
+# two-pass regex quadratic: every quote of an unterminated string restarted a scan to the end of the body
+# (60 KB took 20 s, 1 MiB most of an hour, and the whole service waited).
+HOSTILE_JSON = {
+    "unterminated string of escaped quotes": lambda n: b"[" * 40 + b'\\"' * ((n - 40) // 2),
+    "escaped quotes inside a string": lambda n: b'["' + b'\\"' * ((n - 4) // 2) + b'"]',
+    "bracket pairs": lambda n: b"[]" * (n // 2),
+    "opening brackets": lambda n: b"[" * n,
+    "short strings": lambda n: b'["a",' * (n // 5),
+    "bare quotes": lambda n: b"[" * 40 + b'"' * (n - 40),
+    "backslashes": lambda n: b"[" * 40 + b'"' + b"\\" * (n - 41),
+}
+_TIME_PARSE = """
+import json, sys, time
+from vmbackup.api.body import parse
+from vmbackup.errors import Invalid
+raw = sys.stdin.buffer.read()
+start = time.perf_counter()
+try:
+    parse(raw, "application/json")
+except Invalid:
+    pass
+print(json.dumps(time.perf_counter() - start))
+"""
+
+
+@pytest.mark.parametrize("shape", HOSTILE_JSON)
+def test_hostile_json_at_the_size_limit_is_judged_in_well_under_a_second(shape):
+    raw = HOSTILE_JSON[shape](LIMIT)
+    assert LIMIT - 8 <= len(raw) <= LIMIT
+    # In a child process: a regex does not let go of the interpreter, so a regression would otherwise hang the
+    # suite for an hour instead of failing at the timeout.
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _TIME_PARSE], input=raw, capture_output=True, timeout=60, check=True
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"parsing a {len(raw)}-byte body ({shape}) took over 60 s")
+    seconds = float(done.stdout)
+    assert seconds < 1.0, f"{shape}: {seconds:.2f} s"  # ~0.1 s at worst on a busy 2-core machine
+
+
+def test_hostile_json_is_refused_without_stalling_the_service(api):
+    raw = b'{"data_store": {"label": ' + HOSTILE_JSON["unterminated string of escaped quotes"](60_000) + b"}}"
+    start = time.monotonic()
+    r = api.request("POST", "/settings/data_stores.json", content=raw, headers={"Content-Type": "application/json"})
+    elapsed = time.monotonic() - start
+    assert r.status_code == 422
+    assert r.json() == {"errors": ["Body nested deeper than 32 levels"]}
+    assert elapsed < 1.0, elapsed  # was 20 s
+
+
+def test_deep_body_on_a_get_is_ignored_not_a_500(api):
+    # The PHP wrapper sends paging in a JSON body on GET /transactions; that body was parsed with json.loads alone,
+    # so a deeply nested one was a RecursionError (500).
+    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"page": ' * 50_000 + b"1" + b"}" * 50_000):
+        r = api.request("GET", "/transactions.json", content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert r.json() == []
+    r = api.request("GET", "/transactions.json", content=b'{"per_page": 1}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 200

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -8,7 +7,9 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from vmbackup.api import presenters
+from vmbackup.api.body import parse
 from vmbackup.api.deps import Ctx, Id
+from vmbackup.errors import Invalid
 from vmbackup.services import transactions
 
 router = APIRouter(tags=["transactions"])
@@ -26,11 +27,12 @@ async def paging(request: Request) -> Paging:
     """page/per_page from the path, the query string or, as the PHP wrapper sends them, a JSON body on the GET."""
     params: dict[str, object] = {}
     try:
-        body = json.loads(await request.body() or b"{}")
-        if isinstance(body, dict):
-            params.update(body)
-    except ValueError:
-        pass  # a stale or odd body on a GET is ignored, as OnApp clients expect
+        # The body reader's depth limit matters here too: json.loads of a deeply nested body was a 500.
+        sent = parse(await request.body(), "application/json")
+    except Invalid:
+        sent = None  # a stale or odd body on a GET is ignored, as OnApp clients expect
+    if isinstance(sent, dict):
+        params.update(sent)
     params.update(request.query_params)
     params.update(request.path_params)
 
