@@ -7,6 +7,7 @@
     ├── TooManyAttempts   (429, 7)     too many failed logins from this client or for this login; retry later
     ├── Invalid           (422, 2)     bad parameters; may carry per-field messages
     ├── Conflict          (422, 6)     the object's state forbids the action (locked, unbuilt, booted...)
+    │   └── TooManyQueued (422, 18)    the user has as many transactions pending or running as allowed
     └── EngineError       (422, 10)    the backup engine refused or failed
         ├── SourceMissing (422, 11)    the disk image to back up does not exist / cannot be read
         ├── BackupMissing (404, 12)    no such backup in the store
@@ -127,3 +128,9 @@ class InvalidBackupId(EngineError):
     """A backup id is 1 to 64 letters, digits, '_' or '-', starting with a letter or digit."""
 
     exit_code = 17
+
+
+class TooManyQueued(Conflict):
+    """Too many transactions queued; try again when some have finished."""
+
+    exit_code = 18

@@ -40,7 +40,7 @@ from vmbackup.jobs.procrastinate_queue import ProcrastinateQueue, ProcrastinateR
 from vmbackup.jobs.queue import JobQueue
 from vmbackup.jobs.scheduler import make_scheduler
 from vmbackup.jobs.worker import Worker
-from vmbackup.services import machines
+from vmbackup.services import machines, quotas
 from vmbackup.services.auth import Authenticator, LoginThrottle
 from vmbackup.services.bootstrap import first_start
 
@@ -122,6 +122,7 @@ def create_app(settings: Settings) -> Service:
     upgrade(engine)
     sessions = make_session_factory(engine)
     machines.bind_image_roots(sessions, settings.image_roots)
+    quotas.bind_limit(sessions, settings.max_queued_per_user)
     with sessions() as db:
         generated = first_start(
             db,

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, User, VirtualMachine
 from vmbackup.db.queries import backups as backup_queries
 from vmbackup.errors import Conflict, Invalid
-from vmbackup.services import backups, transactions
+from vmbackup.services import backups, quotas, transactions
 from vmbackup.services.backups import get_backup
 from vmbackup.services.machines import get_disk, get_vm
 
@@ -42,6 +42,7 @@ def take_normal(
     initiated: str = "manual",
     schedule_id: int | None = None,
 ) -> tuple[Backup, Transaction]:
+    quotas.check_can_queue(db, actor, scheduled=schedule_id is not None)
     disk = get_disk(db, actor, disk_id)
     if not disk.image_path:
         raise Conflict("Backup cannot be made at this time: the disk has no image path")
@@ -52,6 +53,7 @@ def take_normal(
 def take_incremental(
     db: Session, actor: User, vm_id: int, note: str | None, *, initiated: str = "manual", schedule_id: int | None = None
 ) -> tuple[Backup, Transaction]:
+    quotas.check_can_queue(db, actor, scheduled=schedule_id is not None)
     vm = get_vm(db, actor, vm_id)
     disks = [d for d in vm.disks if d.image_path]
     if not disks:
@@ -88,6 +90,7 @@ def _usable(backup: Backup, what: str) -> None:
 
 
 def restore(db: Session, actor: User, backup_id: int) -> Transaction:
+    quotas.check_can_queue(db, actor)
     backup = get_backup(db, actor, backup_id)
     _usable(backup, "restored")
     vm = db.get(VirtualMachine, backup.virtual_machine_id)
@@ -117,6 +120,7 @@ def restore(db: Session, actor: User, backup_id: int) -> Transaction:
 
 
 def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[ImageTemplate, Transaction]:
+    quotas.check_can_queue(db, actor)
     backup = get_backup(db, actor, backup_id)
     _usable(backup, "converted")
     if not label:
@@ -154,6 +158,7 @@ def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[Image
 
 
 def delete(db: Session, actor: User, backup_id: int) -> Transaction:
+    quotas.check_can_queue(db, actor)
     backup = get_backup(db, actor, backup_id)
     if backup.locked:
         raise Conflict("Backup cannot be deleted: it is locked by another transaction")
