@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # Periodic integrity check: re-verify each built backup this often, reading at most this fast.
     verify_interval_hours: float = Field(default=168.0, ge=0.0)
     verify_max_mib_per_second: float = Field(default=50.0, gt=0)
+    # Transactions of one user's objects that may be pending or running at once before that user's requests to
+    # queue more (take, restore, convert, delete) are refused with a 422; 0: no limit. Admins' requests and the
+    # scheduler's runs are never refused (services/quotas.py).
+    max_queued_per_user: int = Field(default=20, ge=0, le=100_000)
 
     @field_validator("listen")
     @classmethod

@@ -7,6 +7,7 @@
     ├── TooManyAttempts   (429, 7)     too many failed logins from this client or for this login; retry later
     ├── Invalid           (422, 2)     bad parameters; may carry per-field messages
     ├── Conflict          (422, 6)     the object's state forbids the action (locked, unbuilt, booted...)
+    │   └── TooManyQueued (422, 19)    the user has as many transactions pending or running as allowed
     ├── DatabaseFull      (507, 18)    the database has no space left: nothing was changed
     └── EngineError       (422, 10)    the backup engine refused or failed
         ├── SourceMissing (422, 11)    the disk image to back up does not exist / cannot be read
@@ -135,3 +136,9 @@ class DatabaseFull(VmbackupError):
 
     status = 507  # Insufficient Storage (RFC 4918): the request may succeed once space is freed
     exit_code = 18
+
+
+class TooManyQueued(Conflict):
+    """Too many transactions queued; try again when some have finished."""
+
+    exit_code = 19

@@ -10,7 +10,7 @@ from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transa
 from vmbackup.db.queries import backups as backup_queries
 from vmbackup.db.queries import inventory
 from vmbackup.errors import Conflict, Invalid
-from vmbackup.services import backups, transactions
+from vmbackup.services import backups, quotas, transactions
 from vmbackup.services.backups import get_backup
 from vmbackup.services.machines import get_disk, get_vm
 
@@ -54,6 +54,7 @@ def take_normal(
     initiated: str = "manual",
     schedule_id: int | None = None,
 ) -> tuple[Backup, Transaction]:
+    quotas.check_can_queue(db, actor, scheduled=schedule_id is not None)
     disk = get_disk(db, actor, disk_id)
     if not disk.image_path:
         raise Conflict("Backup cannot be made at this time: the disk has no image path")
@@ -64,6 +65,7 @@ def take_normal(
 def take_incremental(
     db: Session, actor: User, vm_id: int, note: str | None, *, initiated: str = "manual", schedule_id: int | None = None
 ) -> tuple[Backup, Transaction]:
+    quotas.check_can_queue(db, actor, scheduled=schedule_id is not None)
     vm = get_vm(db, actor, vm_id)
     disks = [d for d in vm.disks if d.image_path]
     if not disks:
@@ -128,6 +130,7 @@ def may_act_on(actor: User, vm: VirtualMachine, backup: Backup) -> bool:
 
 
 def restore(db: Session, actor: User, backup_id: int) -> Transaction:
+    quotas.check_can_queue(db, actor)
     backup = get_backup(db, actor, backup_id)
     if not backup.built:
         raise Conflict("Backup cannot be restored: it is not built")
@@ -157,6 +160,7 @@ def restore(db: Session, actor: User, backup_id: int) -> Transaction:
 
 
 def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[ImageTemplate, Transaction]:
+    quotas.check_can_queue(db, actor)
     backup = get_backup(db, actor, backup_id)
     if not label:
         raise Invalid(fields={"label": ["can't be blank"]})
@@ -193,6 +197,7 @@ def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[Image
 
 
 def delete(db: Session, actor: User, backup_id: int) -> Transaction:
+    quotas.check_can_queue(db, actor)
     backup = get_backup(db, actor, backup_id)
     _lock_backup(db, backup, "deleted", built=False)
     tx = _destroy(db, backup)

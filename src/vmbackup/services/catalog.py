@@ -11,6 +11,7 @@ from vmbackup.db.base import Base
 from vmbackup.db.models import AutobackupPreset, BackupServer, BackupServerZone, DataStore, ImageTemplate, User
 from vmbackup.db.queries import common, inventory
 from vmbackup.errors import Conflict, Invalid, NotFound
+from vmbackup.services import periods
 from vmbackup.services.access import apply, find, require_admin
 
 T = TypeVar("T", bound=Base)
@@ -50,6 +51,8 @@ def create(db: Session, actor: User, model: type[T], data: dict[str, Any]) -> T:
     require_admin(actor)
     if model is BackupServer:
         _check_storage_path(data["storage_path"])
+    if model is AutobackupPreset:
+        _check_preset(data.get("period", ""), data.get("duration", 1))
     obj = model(**data)
     db.add(obj)
     db.commit()
@@ -62,6 +65,8 @@ def update(db: Session, actor: User, model: type[T], id_: int, data: dict[str, A
         if inventory.backups_on_server(db, id_):
             raise Conflict("storage_path cannot change while the backup server holds backups")
         _check_storage_path(data["storage_path"])
+    if isinstance(obj, AutobackupPreset) and {"period", "duration"} & data.keys():
+        _check_preset(data.get("period", obj.period), data.get("duration", obj.duration))
     apply(obj, data)
     db.commit()
 
@@ -79,6 +84,13 @@ def delete(db: Session, actor: User, model: type[T], id_: int) -> None:
         raise Conflict(f"{LABELS[model]} cannot be deleted: {in_use}")
     db.delete(obj)
     db.commit()
+
+
+def _check_preset(period: str, duration: int) -> None:
+    # Schedules made from a preset must be runnable like any other (services/schedules.py refuses the same).
+    problem = periods.duration_problem(period, duration)
+    if problem:
+        raise Invalid(fields={"duration": [problem]})
 
 
 def _check_storage_path(path: str) -> None:

@@ -12,6 +12,14 @@ from datetime import UTC, datetime, timedelta, tzinfo
 
 PERIODS = ("days", "weeks", "months", "years", "minutes")  # minutes: trials and tests only
 
+# Schedules are refused (422) unless their runs stay well inside the years datetime can hold (1 to 9999): a start
+# between these two instants, and one step of at most about ten years (MAX_DURATION). Any owner's time-zone
+# offset and any run the scheduler will compute for centuries then stays computable. A backup every ten years,
+# or a start before 1970 or after 2200, serves no backup plan.
+EARLIEST_START = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_START = datetime(2200, 1, 1, tzinfo=UTC)
+MAX_DURATION = {"minutes": 10 * 366 * 24 * 60, "days": 3660, "weeks": 522, "months": 120, "years": 10}
+
 
 def _add_months(local: datetime, months: int) -> datetime:
     total = local.year * 12 + (local.month - 1) + months
@@ -61,3 +69,30 @@ def index_after(anchor: datetime, tz: tzinfo, period: str, duration: int, after:
     while k > 0 and occurrence(anchor, tz, period, duration, k - 1) > after:
         k -= 1
     return k
+
+
+def duration_problem(period: str, duration: int) -> str | None:
+    """Why ``duration`` cannot go with ``period``, or None."""
+    limit = MAX_DURATION.get(period)
+    if limit is None:
+        return None  # an unknown period is its own error
+    if not 1 <= duration <= limit:
+        return f"must be between 1 and {limit} for period {period}"
+    return None
+
+
+def start_problem(start: datetime) -> str | None:
+    """Why a schedule may not start (or be anchored) at ``start``, or None."""
+    if not EARLIEST_START <= start < LATEST_START:
+        return f"must be from {EARLIEST_START.date()} to before {LATEST_START.date()} (UTC)"
+    return None
+
+
+def runs_problem(anchor: datetime, tz: tzinfo, period: str, duration: int, now: datetime) -> str | None:
+    """Why the next runs of a schedule cannot be computed, or None: the check the scheduler relies on."""
+    try:
+        nxt = next_after(anchor, tz, period, duration, now)
+        next_after(anchor, tz, period, duration, nxt)
+    except (ValueError, OverflowError) as exc:
+        return f"gives runs that cannot be computed ({exc})"
+    return None

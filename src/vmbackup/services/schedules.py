@@ -6,17 +6,18 @@ schedule applies the enabled presets; enabling one that has schedules keeps them
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import AutobackupPreset, Disk, Schedule, ScheduleLog, User, VirtualMachine
-from vmbackup.db.queries import common
 from vmbackup.db.queries import schedules as q
 from vmbackup.errors import Invalid
-from vmbackup.services.access import apply, find, find_owned, owner_scope, require_admin
+from vmbackup.services import periods
+from vmbackup.services.access import apply, find_owned, owner_scope
 from vmbackup.services.machines import get_disk, get_vm
 
 TARGETS = ("Disk", "VirtualMachine")
@@ -48,34 +49,6 @@ def seed_presets(db: Session) -> None:
         db.commit()
 
 
-def list_presets(db: Session, actor: User) -> list[AutobackupPreset]:
-    require_admin(actor)
-    return common.all_of(db, AutobackupPreset)
-
-
-def get_preset(db: Session, actor: User, preset_id: int) -> AutobackupPreset:
-    require_admin(actor)
-    return find(db, AutobackupPreset, preset_id, "Autobackup preset")
-
-
-def create_preset(db: Session, actor: User, data: dict[str, Any]) -> AutobackupPreset:
-    require_admin(actor)
-    preset = AutobackupPreset(**data)
-    db.add(preset)
-    db.commit()
-    return preset
-
-
-def update_preset(db: Session, actor: User, preset_id: int, data: dict[str, Any]) -> None:
-    apply(get_preset(db, actor, preset_id), data)
-    db.commit()
-
-
-def delete_preset(db: Session, actor: User, preset_id: int) -> None:
-    db.delete(get_preset(db, actor, preset_id))
-    db.commit()
-
-
 # -- schedules -------------------------------------------------------------------------------------------
 
 
@@ -92,20 +65,37 @@ def get_schedule(db: Session, actor: User, schedule_id: int) -> Schedule:
     return find_owned(db, actor, Schedule, schedule_id, "Schedule")
 
 
-def _check(period: str | None, allowed_periods: tuple[str, ...]) -> None:
-    if period is not None and period not in allowed_periods:
+def owner_zone(owner: User | None) -> tzinfo:
+    """The zone a schedule's runs are counted in: its owner's."""
+    return ZoneInfo(owner.time_zone if owner else "UTC")
+
+
+def _check(db: Session, owner_id: int, values: dict[str, Any], allowed_periods: tuple[str, ...]) -> None:
+    """Refuse a schedule the scheduler could not run: every next run must be computable (F4), so that one
+    schedule can never make a scheduler pass fail."""
+    period, duration, anchor = values["period"], values["duration"], values["anchor_at"]
+    if period not in allowed_periods:
         raise Invalid(fields={"period": [f"must be one of {', '.join(allowed_periods)}"]})
+    problem = periods.duration_problem(period, duration)
+    if problem:
+        raise Invalid(fields={"duration": [problem]})
+    problem = periods.start_problem(anchor) or periods.runs_problem(
+        anchor, owner_zone(db.get(User, owner_id)), period, duration, _now()
+    )
+    if problem:
+        raise Invalid(fields={"start_at": [problem]})
 
 
 def create_schedule(db: Session, actor: User, data: dict[str, Any], allowed_periods: tuple[str, ...]) -> Schedule:
     if data.get("target_id") is None:
         raise Invalid(fields={"target_id": ["can't be blank"]})
     owner = target_owner(db, actor, data["target_type"], data["target_id"])
-    _check(data.get("period"), allowed_periods)
     start = data.pop("start_at", None) or _now()
-    schedule = Schedule(user_id=owner, anchor_at=start, start_at=start, **data)
+    values = {"period": "days", "duration": 1, **data, "anchor_at": start, "start_at": start}
+    _check(db, owner, values, allowed_periods)
+    schedule = Schedule(user_id=owner, **values)
     db.add(schedule)
-    _flag_disks(db, schedule.target_type, schedule.target_id)
+    flag_disks(db, schedule.target_type, schedule.target_id)
     db.commit()
     return schedule
 
@@ -114,20 +104,22 @@ def update_schedule(
     db: Session, actor: User, schedule_id: int, data: dict[str, Any], allowed_periods: tuple[str, ...]
 ) -> None:
     schedule = get_schedule(db, actor, schedule_id)
-    _check(data.get("period"), allowed_periods)
     if "start_at" in data:  # a new start re-anchors the series
         data["anchor_at"] = data["start_at"] = data["start_at"] or _now()
     elif {"period", "duration"} & data.keys():
         data["anchor_at"] = schedule.start_at  # keep the next run, count the new period from it
+    if {"period", "duration", "anchor_at"} & data.keys():  # other changes (disabling a bad row) are always allowed
+        current = {"period": schedule.period, "duration": schedule.duration, "anchor_at": schedule.anchor_at}
+        _check(db, schedule.user_id, {**current, **data}, allowed_periods)
     apply(schedule, data)
-    _flag_disks(db, schedule.target_type, schedule.target_id)
+    flag_disks(db, schedule.target_type, schedule.target_id)
     db.commit()
 
 
 def delete_schedule(db: Session, actor: User, schedule_id: int) -> None:
     schedule = get_schedule(db, actor, schedule_id)
     db.delete(schedule)
-    _flag_disks(db, schedule.target_type, schedule.target_id)
+    flag_disks(db, schedule.target_type, schedule.target_id)
     db.commit()
 
 
@@ -159,12 +151,12 @@ def set_autobackups(db: Session, actor: User, target_type: str, target_id: int, 
     else:
         for schedule in schedules:
             schedule.status = "enabled" if enabled else "disabled"
-    _flag_disks(db, target_type, target_id)
+    flag_disks(db, target_type, target_id)
     db.commit()
     return schedules
 
 
-def _flag_disks(db: Session, target_type: str, target_id: int) -> None:
+def flag_disks(db: Session, target_type: str, target_id: int) -> None:
     """A disk ``has_autobackups`` while an enabled schedule covers it, on the disk itself or on its VM."""
     db.flush()
     if target_type == "Disk":
@@ -174,7 +166,6 @@ def _flag_disks(db: Session, target_type: str, target_id: int) -> None:
         vm = db.get(VirtualMachine, target_id)
         disks = list(vm.disks) if vm else []
     for disk in disks:
-        disk.has_autobackups = any(
-            s.status == "enabled"
-            for s in [*q.for_target(db, "Disk", disk.id), *q.for_target(db, "VirtualMachine", disk.virtual_machine_id)]
+        disk.has_autobackups = q.enabled_for(db, "Disk", disk.id) or q.enabled_for(
+            db, "VirtualMachine", disk.virtual_machine_id
         )

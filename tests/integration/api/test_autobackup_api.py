@@ -84,6 +84,61 @@ def test_schedule_validation_and_visibility(api, world):
     assert alice.get("/settings/autobackup_presets.json").status_code == 403
 
 
+UNRUNNABLE = {
+    "years-10000-in-the-past": ({"period": "years", "duration": 10000, "start_at": "2020-01-01T00:00:00Z"}, "duration"),
+    "years-11": ({"period": "years", "duration": 11}, "duration"),
+    "months-121": ({"period": "months", "duration": 121}, "duration"),
+    "days-3661": ({"period": "days", "duration": 3661}, "duration"),
+    "year-9999": ({"start_at": "9999-12-31T23:59:59+00:00"}, "start_at"),
+    "year-9999-west": ({"start_at": "9999-12-31T23:59:59-05:00"}, "start_at"),  # was a 500 (overflow in UTC)
+    "year-1": ({"start_at": "0001-01-01T00:00:00+00:00"}, "start_at"),
+    "year-1-east": ({"start_at": "0001-01-01T00:00:00+05:00"}, "start_at"),  # was a 500
+    "before-1970": ({"start_at": "1969-12-31T23:59:59Z"}, "start_at"),
+    "from-2200": ({"start_at": "2200-01-01T00:00:00Z"}, "start_at"),
+}
+
+
+@pytest.mark.parametrize("fields, field", UNRUNNABLE.values(), ids=UNRUNNABLE.keys())
+def test_schedules_the_scheduler_could_not_run_are_refused(api, world, fields, field):
+    disk = world["disk_a"]["id"]
+    r = api.post(f"/settings/disks/{disk}/schedules.json", {"schedule": fields})
+    assert r.status_code == 422, r.text
+    assert list(r.json()["errors"]) == [field]
+    assert api.get(f"/settings/disks/{disk}/schedules.json").json() == []
+    made = api.create(f"/settings/disks/{disk}/schedules.json", "schedule", period="days")
+    r = api.put(f"/settings/schedules/{made['id']}.json", {"schedule": fields})
+    assert r.status_code == 422 and list(r.json()["errors"]) == [field]
+    assert api.get(f"/settings/schedules/{made['id']}.json").json()["schedule"]["period"] == "days"
+
+
+def test_schedule_limits_are_inclusive_and_checked_against_the_current_values(api, world):
+    disk = world["disk_a"]["id"]
+    for fields in (
+        {"period": "years", "duration": 10, "start_at": "1970-01-01T00:00:00Z"},
+        {"period": "days", "duration": 3660, "start_at": "2199-12-31T23:59:59Z"},
+    ):
+        api.create(f"/settings/disks/{disk}/schedules.json", "schedule", **fields)
+    weekly = api.create(f"/settings/disks/{disk}/schedules.json", "schedule", period="weeks", duration=500)
+    # the stored duration is fine for weeks, not for years: changing only the period is refused
+    r = api.put(f"/settings/schedules/{weekly['id']}.json", {"schedule": {"period": "years"}})
+    assert r.status_code == 422 and "duration" in r.json()["errors"]
+    assert api.put(f"/settings/schedules/{weekly['id']}.json", {"schedule": {"status": "disabled"}}).status_code == 204
+
+
+def test_presets_the_scheduler_could_not_run_are_refused(api):
+    r = api.post("/settings/autobackup_presets.json", {"autobackup_template": {"period": "years", "duration": 10000}})
+    assert r.status_code == 422 and list(r.json()["errors"]) == ["duration"]
+    [yearly] = [
+        p["autobackup_template"]
+        for p in api.get("/settings/autobackup_presets.json").json()
+        if p["autobackup_template"]["period"] == "years"
+    ]
+    r = api.put(f"/settings/autobackup_presets/{yearly['id']}.json", {"autobackup_template": {"duration": 11}})
+    assert r.status_code == 422 and list(r.json()["errors"]) == ["duration"]
+    got = api.get(f"/settings/autobackup_presets/{yearly['id']}.json").json()["autobackup_template"]
+    assert got["duration"] == 1
+
+
 def test_vm_autobackups_make_incremental_schedules(app, api, world):
     vm = world["vm_a"]["id"]
     r = api.post(f"/virtual_machines/{vm}/autobackup_enable.json", content=b"", headers={"Content-Length": "0"})

@@ -6,7 +6,16 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmbackup.services.periods import PERIODS, index_after, next_after, occurrence
+from vmbackup.services.periods import (
+    MAX_DURATION,
+    PERIODS,
+    duration_problem,
+    index_after,
+    next_after,
+    occurrence,
+    runs_problem,
+    start_problem,
+)
 
 UTCZ = ZoneInfo("UTC")
 
@@ -66,3 +75,26 @@ def test_next_after_is_the_first_run_later_than_the_given_time(anchor, offset_ho
     assert nxt == occurrence(anchor, tz, period, duration, k) and nxt > after
     assert k == 0 or occurrence(anchor, tz, period, duration, k - 1) <= after
     assert nxt - after <= timedelta(days=366 * duration + 1)
+
+
+@given(
+    anchor=st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2199, 12, 31), timezones=st.just(UTC)),
+    after=st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2500, 1, 1), timezones=st.just(UTC)),
+    period=st.sampled_from(PERIODS),
+    fraction=st.floats(min_value=0, max_value=1),
+    zone=zones,
+)
+def test_every_accepted_schedule_has_computable_runs(anchor, after, period, fraction, zone):
+    # What the validation promises the scheduler: any start and duration it accepts has next runs for centuries.
+    duration = max(1, round(MAX_DURATION[period] * fraction))
+    assert start_problem(anchor) is None and duration_problem(period, duration) is None
+    assert runs_problem(anchor, ZoneInfo(zone), period, duration, after) is None
+
+
+def test_limits_of_accepted_schedules():
+    assert duration_problem("years", 10) is None
+    assert duration_problem("years", 11) == "must be between 1 and 10 for period years"
+    assert duration_problem("days", 0) is not None
+    assert start_problem(utc(1970, 1, 1)) is None and start_problem(utc(1969, 12, 31, 23, 59)) is not None
+    assert start_problem(utc(2200, 1, 1)) is not None
+    assert "cannot be computed" in (runs_problem(utc(2020, 1, 1), UTCZ, "years", 10000, utc(2026, 1, 1)) or "")

@@ -13,6 +13,14 @@ def for_target(db: Session, target_type: str, target_id: int) -> list[Schedule]:
     return list(db.scalars(q.order_by(Schedule.id)))
 
 
+def enabled_for(db: Session, target_type: str, target_id: int) -> bool:
+    """An enabled schedule covers this target. Reads ids only, so a row with unreadable dates cannot break it."""
+    q = select(Schedule.id).where(
+        Schedule.target_type == target_type, Schedule.target_id == target_id, Schedule.status == "enabled"
+    )
+    return db.scalars(q.limit(1)).first() is not None
+
+
 def for_user(db: Session, user_id: int | None) -> list[Schedule]:
     q = select(Schedule).order_by(Schedule.id)
     if user_id is not None:
@@ -20,9 +28,28 @@ def for_user(db: Session, user_id: int | None) -> list[Schedule]:
     return list(db.scalars(q))
 
 
-def due(db: Session, now: datetime, limit: int = 100) -> list[Schedule]:
-    q = select(Schedule).where(Schedule.status == "enabled", Schedule.start_at <= now)
-    return list(db.scalars(q.order_by(Schedule.start_at).limit(limit)))
+def due(db: Session, now: datetime, limit: int = 100) -> list[int]:
+    """Ids of the enabled schedules whose next run has come, earliest first. Ids only: each schedule is then read
+    on its own, so one row with unreadable values fails alone (F4)."""
+    q = select(Schedule.id).where(Schedule.status == "enabled", Schedule.start_at <= now)
+    return list(db.scalars(q.order_by(Schedule.start_at, Schedule.id).limit(limit)))
+
+
+def target_of(db: Session, schedule_id: int) -> tuple[str, int] | None:
+    """A schedule's target, read without its dates."""
+    row = db.execute(select(Schedule.target_type, Schedule.target_id).where(Schedule.id == schedule_id)).first()
+    return (row[0], row[1]) if row else None
+
+
+def disable(db: Session, schedule_id: int, now: datetime) -> bool:
+    """Disable an enabled schedule and count a failure; False if it was not enabled (another scheduler got there
+    first). Touches no date the scheduler could not read."""
+    stmt = (
+        update(Schedule)
+        .where(Schedule.id == schedule_id, Schedule.status == "enabled")
+        .values(status="disabled", failure_count=Schedule.failure_count + 1, updated_at=now)
+    )
+    return db.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
 
 
 def advance(db: Session, schedule_id: int, seen_start: datetime, next_start: datetime, now: datetime) -> bool:
@@ -37,6 +64,11 @@ def advance(db: Session, schedule_id: int, seen_start: datetime, next_start: dat
     won = db.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
     db.commit()
     return won
+
+
+def add_failure(db: Session, schedule_id: int) -> None:
+    """Count a failed run, in the database (concurrent failures of one schedule all count)."""
+    db.execute(update(Schedule).where(Schedule.id == schedule_id).values(failure_count=Schedule.failure_count + 1))
 
 
 def in_flight(db: Session, schedule_id: int) -> bool:

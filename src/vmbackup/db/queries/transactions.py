@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, false, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -95,3 +95,25 @@ def hold(db: Session, lock_keys: list[str], holder: str, now: datetime) -> bool:
 
 def unhold(db: Session, lock_keys: list[str]) -> None:
     db.execute(delete(Lock).where(Lock.key.in_(lock_keys), Lock.transaction_id.is_(None)))
+
+
+# First key of PostgreSQL's two-key advisory locks for queueing (ASCII "vmbq"), so they meet no other lock.
+_QUEUE_LOCK_CLASS = 0x766D6271
+
+
+def lock_user_queue(db: Session, user_id: int) -> None:
+    """Serialize queueing for one user until this database transaction ends (commit or rollback), so that a count
+    of the user's queued transactions stays true until the new one is inserted."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text("SELECT pg_advisory_xact_lock(:c, :u)"), {"c": _QUEUE_LOCK_CLASS, "u": user_id})
+    else:
+        # SQLite has one writer at a time and takes that lock at a transaction's first write: this write of no row
+        # takes it now, before the count, instead of at the INSERT after it (every queueing request waits here).
+        stmt = update(Transaction).where(false()).values(status=Transaction.status)
+        db.execute(stmt, execution_options={"synchronize_session": False})
+
+
+def queued_count(db: Session, user_id: int) -> int:
+    """Transactions of this user's objects that are pending or running."""
+    q = select(func.count()).where(Transaction.user_id == user_id, Transaction.status.in_(("pending", "running")))
+    return int(db.scalar(q) or 0)
