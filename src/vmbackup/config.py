@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PREFIX = "VMBACKUP_"
 # Variables with our prefix that are read by other entry points, not by the service settings.
@@ -37,11 +37,8 @@ class Settings(BaseSettings):
     worker: Literal["inprocess", "external"] = "inprocess"
     worker_concurrency: int = Field(default=2, ge=1, le=64)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # Threads that run request handlers (database work) at once; more requests wait for a free one. Few, because
-    # handlers are mostly Python holding the GIL. Uncached listings at 64 connections (bench/api_threads.py,
-    # BENCHMARKS.md "API"), req/s and p99 ms, SQLite | PostgreSQL: 40 threads (anyio's default) 141, 1030 |
-    # 180, 759; 8: 154, 508 | 180, 513; 4: 179, 394 | 192, 460; 2: 205, 344 | 193, 486. 4 leaves room for
-    # requests that wait on the database (a busy SQLite, a distant PostgreSQL): raise it for those.
+    # Threads that run request handlers at once; few, because handlers are mostly Python holding the GIL (the
+    # measurements are in BENCHMARKS.md, "Handler threads"); raise it when requests mostly wait on the database.
     api_threads: int = Field(default=4, ge=1, le=1024)
     # How long a verified Basic credential is trusted without re-running the password hash.
     auth_cache_seconds: int = Field(default=300, ge=0, le=86400)
@@ -65,6 +62,20 @@ class Settings(BaseSettings):
     # Periodic integrity check: re-verify each built backup this often, reading at most this fast.
     verify_interval_hours: float = Field(default=168.0, ge=0.0)
     verify_max_mib_per_second: float = Field(default=50.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the values `load_settings` passes in. pydantic-settings' own environment source also read
+        # os.environ, JSON-decoding tuple fields before our validators saw them: VMBACKUP_IMAGE_ROOTS=/a,/b in the
+        # real environment stopped start-up, and the caller's environment leaked into settings built from a mapping.
+        return (init_settings,)
 
     @field_validator("listen")
     @classmethod
@@ -141,8 +152,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     }
     values.update(overrides)
     try:
-        # Pass values explicitly (not through pydantic-settings' own env reading) so the mapping given here is
-        # the only source, which keeps tests independent of the caller's environment.
+        # The mapping given here is the only source (see Settings.settings_customise_sources), which keeps tests
+        # independent of the caller's environment.
         return Settings.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]

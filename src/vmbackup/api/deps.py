@@ -132,10 +132,6 @@ def get_context(request: Request, db: DbDep) -> Context:
 Ctx = Annotated[Context, Depends(get_context)]
 
 
-def settings_of(request: Request) -> Any:
-    return request.app.state.settings
-
-
 def auth_of(request: Request) -> Authenticator:
     return request.app.state.auth
 
