@@ -6,6 +6,7 @@ test can give every case its own database and data directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,18 @@ class Settings(BaseSettings):
     listing_cache_mib: int = Field(default=64, ge=1, le=16384)
     # Failed logins allowed per minute, per login and per client address, before 429 (0: no limit).
     login_failures_per_minute: int = Field(default=10, ge=0, le=100_000)
+    # Slow and idle clients (api/serving.py): a request's line and headers must arrive within header_timeout of the
+    # connection opening (of its first byte on a kept-alive connection) and its body within body_timeout of the
+    # headers, else the connection is closed; an idle kept-alive connection is closed after keep_alive_seconds.
+    # With max_connections open, a new connection closes the oldest one still waiting for its request headers,
+    # or is answered 503 when every open connection is busy with a request.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    keep_alive_seconds: int = Field(default=5, ge=1, le=3600)
+    max_connections: int = Field(default=500, ge=1, le=1_000_000)
+    # Peers (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed: the reverse proxies in
+    # front of the service. Empty: no forwarded header is believed, the client address is the connection's peer.
+    trusted_proxies: tuple[str, ...] = ()
     # Directories (or single device nodes) disk images may live in, compared after resolving symlinks; given as
     # one string separated by "," or os.pathsep. Empty: no restriction (as before this setting existed).
     image_roots: tuple[Path, ...] = ()
@@ -91,6 +104,26 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(p.strip() for p in v.replace(os.pathsep, ",").split(",") if p.strip())
         return v
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for proxy in v:
+            try:
+                net = ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"each proxy must be an IP address or network, got {proxy!r}") from None
+            # uvicorn compares single addresses by value and treats anything with a "/" as a network.
+            out.append(str(net.network_address) if net.num_addresses == 1 else str(net))
+        return tuple(out)
 
     @field_validator("image_roots")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -50,12 +51,24 @@ class Served:
 
 
 @contextmanager
-def serving(tmp_path: Path, extra: Mapping[str, str] = {}, timeout: float = 30) -> Iterator[Served]:  # noqa: B006
-    """Start `vmbackup serve`, wait until it answers, and stop it at the end."""
+def serving(
+    tmp_path: Path,
+    extra: Mapping[str, str] = {},  # noqa: B006
+    timeout: float = 30,
+    open_files: int | None = None,
+) -> Iterator[Served]:
+    """Start `vmbackup serve`, wait until it answers, and stop it at the end. ``open_files``: its RLIMIT_NOFILE."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
+
+    def limit() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with open(log, "wb") as out:
-        proc = subprocess.Popen(serve_command(), env=serve_env(tmp_path, port, extra), stdout=out, stderr=out)
+        proc = subprocess.Popen(
+            serve_command(), env=serve_env(tmp_path, port, extra), stdout=out, stderr=out, preexec_fn=limit
+        )
     served = Served(proc, f"http://127.0.0.1:{port}", port, log)
     try:
         deadline = time.monotonic() + timeout

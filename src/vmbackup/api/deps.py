@@ -57,7 +57,7 @@ def _credentials(request: Request) -> tuple[str, str]:
 
 
 def _client_address(request: Request) -> str:
-    # The peer address; behind a reverse proxy, uvicorn's --forwarded-allow-ips makes it the real client's.
+    # The peer address; from a VMBACKUP_TRUSTED_PROXIES peer, the client its X-Forwarded-For names (api/serving.py).
     return request.client.host if request.client else ""
 
 
