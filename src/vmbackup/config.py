@@ -6,13 +6,14 @@ test can give every case its own database and data directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PREFIX = "VMBACKUP_"
 # Variables with our prefix that are read by other entry points, not by the service settings.
@@ -37,11 +38,8 @@ class Settings(BaseSettings):
     worker: Literal["inprocess", "external"] = "inprocess"
     worker_concurrency: int = Field(default=2, ge=1, le=64)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # Threads that run request handlers (database work) at once; more requests wait for a free one. Few, because
-    # handlers are mostly Python holding the GIL. Uncached listings at 64 connections (bench/api_threads.py,
-    # BENCHMARKS.md "API"), req/s and p99 ms, SQLite | PostgreSQL: 40 threads (anyio's default) 141, 1030 |
-    # 180, 759; 8: 154, 508 | 180, 513; 4: 179, 394 | 192, 460; 2: 205, 344 | 193, 486. 4 leaves room for
-    # requests that wait on the database (a busy SQLite, a distant PostgreSQL): raise it for those.
+    # Threads that run request handlers at once; few, because handlers are mostly Python holding the GIL (the
+    # measurements are in BENCHMARKS.md, "Handler threads"); raise it when requests mostly wait on the database.
     api_threads: int = Field(default=4, ge=1, le=1024)
     # How long a verified Basic credential is trusted without re-running the password hash.
     auth_cache_seconds: int = Field(default=300, ge=0, le=86400)
@@ -51,6 +49,18 @@ class Settings(BaseSettings):
     listing_cache_mib: int = Field(default=64, ge=1, le=16384)
     # Failed logins allowed per minute, per login and per client address, before 429 (0: no limit).
     login_failures_per_minute: int = Field(default=10, ge=0, le=100_000)
+    # Slow and idle clients (api/serving.py): a request's line and headers must arrive within header_timeout of the
+    # connection opening (of its first byte on a kept-alive connection) and its body within body_timeout of the
+    # headers, else the connection is closed; an idle kept-alive connection is closed after keep_alive_seconds.
+    # With max_connections open, a new connection closes the oldest one still waiting for its request headers,
+    # or is answered 503 when every open connection is busy with a request.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    keep_alive_seconds: int = Field(default=5, ge=1, le=3600)
+    max_connections: int = Field(default=500, ge=1, le=1_000_000)
+    # Peers (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed: the reverse proxies in
+    # front of the service. Empty: no forwarded header is believed, the client address is the connection's peer.
+    trusted_proxies: tuple[str, ...] = ()
     # Directories (or single device nodes) disk images may live in, compared after resolving symlinks; given as
     # one string separated by "," or os.pathsep. Empty: no restriction (as before this setting existed).
     image_roots: tuple[Path, ...] = ()
@@ -70,6 +80,20 @@ class Settings(BaseSettings):
     # scheduler's runs are never refused (services/quotas.py).
     max_queued_per_user: int = Field(default=20, ge=0, le=100_000)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the values `load_settings` passes in. pydantic-settings' own environment source also read
+        # os.environ, JSON-decoding tuple fields before our validators saw them: VMBACKUP_IMAGE_ROOTS=/a,/b in the
+        # real environment stopped start-up, and the caller's environment leaked into settings built from a mapping.
+        return (init_settings,)
+
     @field_validator("listen")
     @classmethod
     def _listen_is_host_port(cls, v: str) -> str:
@@ -84,6 +108,26 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(p.strip() for p in v.replace(os.pathsep, ",").split(",") if p.strip())
         return v
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for proxy in v:
+            try:
+                net = ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"each proxy must be an IP address or network, got {proxy!r}") from None
+            # uvicorn compares single addresses by value and treats anything with a "/" as a network.
+            out.append(str(net.network_address) if net.num_addresses == 1 else str(net))
+        return tuple(out)
 
     @field_validator("image_roots")
     @classmethod
@@ -145,8 +189,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     }
     values.update(overrides)
     try:
-        # Pass values explicitly (not through pydantic-settings' own env reading) so the mapping given here is
-        # the only source, which keeps tests independent of the caller's environment.
+        # The mapping given here is the only source (see Settings.settings_customise_sources), which keeps tests
+        # independent of the caller's environment.
         return Settings.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]

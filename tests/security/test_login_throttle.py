@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.acceptance.serve_process import serving
 from tests.conftest import ADMIN
+from vmbackup.config import SettingsError, load_settings
 from vmbackup.services.auth import LoginThrottle
 
 
@@ -118,3 +123,41 @@ def test_limit_can_be_turned_off(settings, value):
         assert client.get("/version.json", auth=ADMIN).status_code == 200
     finally:
         app.state.engine.dispose()
+
+
+def _spray(client: httpx.Client, forwarded_for: Callable[[int], str]) -> list[int]:
+    """Ten wrong passwords for ten made-up logins, each with its own X-Forwarded-For; then the statuses of one more."""
+    for i in range(10):
+        r = client.get("/version.json", auth=(f"nobody{i}", "guess-123"), headers={"X-Forwarded-For": forwarded_for(i)})
+        assert r.status_code == 401, r.text
+    return [
+        client.get(
+            "/version.json", auth=("someone", "guess-123"), headers={"X-Forwarded-For": forwarded_for(99)}
+        ).status_code
+    ]
+
+
+def test_forwarded_for_from_an_untrusted_peer_does_not_rotate_the_address(tmp_path):
+    # The served process as deployed by default: uvicorn believed X-Forwarded-For from 127.0.0.1, so a local client
+    # (or one behind a local proxy passing the header through) named a fresh address each time and was never throttled.
+    with serving(tmp_path) as served, httpx.Client(base_url=served.base) as client:
+        assert _spray(client, lambda i: f"198.51.100.{i}") == [429]
+
+
+def test_forwarded_for_from_a_trusted_proxy_names_the_client(tmp_path):
+    with (
+        serving(tmp_path, {"VMBACKUP_TRUSTED_PROXIES": "127.0.0.1,::1"}) as served,
+        httpx.Client(base_url=served.base) as client,
+    ):
+        assert _spray(client, lambda i: "203.0.113.7") == [429]  # one client behind the proxy: throttled
+        other = client.get("/version.json", auth=ADMIN, headers={"X-Forwarded-For": "203.0.113.8"})
+        assert other.status_code == 200  # another client behind the same proxy is not
+
+
+def test_trusted_proxies_must_be_addresses(tmp_path):
+    with pytest.raises(SettingsError, match="VMBACKUP_TRUSTED_PROXIES"):
+        load_settings({"VMBACKUP_TRUSTED_PROXIES": "proxy.example.com"}, data_dir=str(tmp_path))
+    assert load_settings({"VMBACKUP_TRUSTED_PROXIES": "10.0.0.1, 10.1.0.0/16"}).trusted_proxies == (
+        "10.0.0.1",
+        "10.1.0.0/16",
+    )

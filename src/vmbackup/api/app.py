@@ -12,6 +12,8 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmbackup import __version__
@@ -158,10 +160,18 @@ def create_app(settings: Settings) -> Service:
     for module in ROUTERS:
         app.include_router(module.router)
     errors.install(app)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.state.changes = _change_clock(settings, sessions)
     app.state.listing_cache = _listing_cache(settings, app.state.changes, app.state.throttle)
     app.install_front(settings, app.state.listing_cache)
     return app
+
+
+def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection (or api/serving.py closed it: body not received in time) while its handler
+    # read the body: nobody is left to answer, and it is no server error to log with a traceback.
+    log.debug("client went away before sending its whole body: %s %s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 def _change_clock(settings: Settings, sessions: sessionmaker[Session]) -> ChangeClock | None:

@@ -41,15 +41,26 @@ def cli() -> None:
 @cli.command()
 def serve() -> None:
     """Run the API (and, on the embedded default, the worker) on VMBACKUP_LISTEN."""
-    import uvicorn
-
-    from vmbackup.api.app import create_app
+    from vmbackup.api import serving
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serving.ensure_open_files(settings.max_connections)
+    except OSError as exc:
+        click.echo(f"vmbackup: {exc}", err=True)
+        sys.exit(2)
+    # The port first: a second serve on a busy port must stop before it migrates, recovers or runs transactions.
+    try:
+        sock = serving.listen_socket(settings.host, settings.port)
+    except OSError as exc:
+        click.echo(f"vmbackup: cannot listen on {settings.listen}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    from vmbackup.api.app import create_app
+
     app = create_app(settings)
     click.echo(f"vmbackup: listening on http://{settings.listen} (data in {settings.data_dir.resolve()})")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    serving.serve(app, settings, sock)
 
 
 @cli.command()
