@@ -29,6 +29,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
     port = _free_port()
@@ -46,8 +54,10 @@ def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
+        # Ready means answering: uvicorn logs "Application startup complete" before it binds the port, so a log
+        # line is not enough on a loaded machine.
         deadline = time.monotonic() + 30
-        while "Uvicorn running" not in log.read_text() and "Application startup complete" not in log.read_text():
+        while not _answers(port):
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
