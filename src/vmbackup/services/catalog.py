@@ -71,8 +71,8 @@ def create(db: Session, actor: User, model: type[T], data: dict[str, Any]) -> T:
 def update(db: Session, actor: User, model: type[T], id_: int, data: dict[str, Any]) -> None:
     obj = get(db, actor, model, id_)
     if model is BackupServer and "storage_path" in data:
-        if inventory.backups_on_server(db, id_):
-            raise Conflict("storage_path cannot change while the backup server holds backups")
+        if inventory.backups_on_server(db, id_) or _templates_on_server(db, id_):
+            raise Conflict("storage_path cannot change while the backup server holds backups or templates")
         _check_storage_path(data["storage_path"])
     if isinstance(obj, AutobackupPreset) and {"period", "duration"} & data.keys():
         _check_preset(data.get("period", obj.period), data.get("duration", obj.duration))
@@ -87,7 +87,10 @@ def delete(db: Session, actor: User, model: type[T], id_: int) -> None:
     obj = get(db, actor, model, id_)
     in_use = {
         DataStore: lambda: inventory.disks_on_data_store(db, id_) and "it has disks",
-        BackupServer: lambda: inventory.backups_on_server(db, id_) and "it holds backups",
+        BackupServer: lambda: (
+            (inventory.backups_on_server(db, id_) and "it holds backups")
+            or (_templates_on_server(db, id_) and "it holds templates converted from backups")
+        ),
         BackupServerZone: lambda: inventory.servers_in_zone(db, id_) and "backup servers are attached to it",
         AutobackupPreset: lambda: None,
     }[model]()
@@ -132,6 +135,11 @@ def delete_template(db: Session, actor: User, template_id: int) -> Transaction |
     )
     db.commit()
     return tx
+
+
+def _templates_on_server(db: Session, server_id: int) -> int:
+    # Converted templates keep their archive on the server: deleting or moving it would lose them.
+    return inventory.count_where(db, ImageTemplate.backup_server_id, server_id)
 
 
 def _check_preset(period: str, duration: int) -> None:

@@ -134,3 +134,17 @@ def test_the_database_refusing_the_delete_leaves_the_archive(app, api, alice, mo
     monkeypatch.setattr(template_tasks.inventory, "vms_of_template", lambda db, template_id: 0)
     assert _run_destroy(app, api) == "failed"
     assert alice["api"].get(f"/templates/{tid}.json").status_code == 200 and _archive_kind(app, tid) == "normal"
+
+
+def test_a_backup_server_holding_a_template_is_kept(app, api, alice, tmp_path):
+    server = alice["template"]["backup_server_id"]
+    for item in api.get(f"/settings/disks/{alice['disk']['id']}/backups.json").json():
+        assert api.delete(f"/backups/{item['backup']['id']}.json").status_code == 204
+    wait_idle(api)
+    r = api.delete(f"/settings/backup_servers/{server}.json")
+    assert r.status_code == 422 and "it holds templates" in r.json()["errors"][0]
+    moved = {"backup_server": {"storage_path": str(tmp_path / "elsewhere")}}
+    assert api.put(f"/settings/backup_servers/{server}.json", moved).status_code == 422
+    assert api.delete(f"/templates/{alice['template']['id']}.json").status_code == 204
+    wait_idle(api)
+    assert api.delete(f"/settings/backup_servers/{server}.json").status_code == 204
