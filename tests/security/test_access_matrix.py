@@ -84,6 +84,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/templates"): _admin_only(201, {"image_template": {"label": "Debian"}}),
     ("GET", "/templates/{template_id}"): ALL_READ,
     ("GET", "/templates/{template_id}#user"): _owned(200, template_id="user_template"),
+    # deleting: a system template is the admin's (users see it: 403), a converted one also its owner's
+    ("DELETE", "/templates/{template_id}"): _admin_only(204, template_id="unused_template"),
+    ("DELETE", "/templates/{template_id}#user"): _owned(204, template_id="user_template"),
     # data stores, backup servers, zones, presets: admin only
     ("GET", "/settings/data_stores"): ADMIN_ONLY_READ,
     ("POST", "/settings/data_stores"): _admin_only(201, {"data_store": {"label": "ds9"}}),
@@ -210,6 +213,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
         for login in ("alice", "bob", "carol"):
             ids[login] = api.user(login)["id"]
         ids["template"] = api.template()["id"]
+        ids["unused_template"] = api.template(label="Unused")["id"]
         ids["data_store_1"] = api.data_store()["id"]
         ids["data_store_2"] = api.data_store(label="spare")["id"]
         ids["server_1"] = 1  # "Local storage", registered on first start; holds the backups below
@@ -241,13 +245,16 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
                 "tx": tx,
             }
         # The take above locked alice's VM; unlock it so the rows about restores and deletes are about access.
+        # The conversions are left as if a worker had finished them (no worker runs here).
         with app.state.sessions() as s:
-            from vmbackup.db.models import Backup, VirtualMachine
+            from vmbackup.db.models import Backup, ImageTemplate, VirtualMachine
 
             for vm_row in s.query(VirtualMachine):
                 vm_row.locked = False
             for b in s.query(Backup):
                 b.locked = False
+            for t in s.query(ImageTemplate).filter(ImageTemplate.state == "pending"):
+                t.state = "active"
             s.commit()
     app.state.engine.dispose()
     return db, ids

@@ -8,10 +8,19 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from vmbackup.db.base import Base
-from vmbackup.db.models import AutobackupPreset, BackupServer, BackupServerZone, DataStore, ImageTemplate, User
+from vmbackup.db.models import (
+    AutobackupPreset,
+    BackupServer,
+    BackupServerZone,
+    DataStore,
+    ImageTemplate,
+    Transaction,
+    User,
+)
 from vmbackup.db.queries import common, inventory
-from vmbackup.errors import Conflict, Invalid, NotFound
-from vmbackup.services import periods
+from vmbackup.db.queries import transactions as tq
+from vmbackup.errors import Conflict, Forbidden, Invalid, NotFound
+from vmbackup.services import periods, quotas, transactions
 from vmbackup.services.access import apply, find, require_admin
 
 T = TypeVar("T", bound=Base)
@@ -62,8 +71,8 @@ def create(db: Session, actor: User, model: type[T], data: dict[str, Any]) -> T:
 def update(db: Session, actor: User, model: type[T], id_: int, data: dict[str, Any]) -> None:
     obj = get(db, actor, model, id_)
     if model is BackupServer and "storage_path" in data:
-        if inventory.backups_on_server(db, id_):
-            raise Conflict("storage_path cannot change while the backup server holds backups")
+        if inventory.backups_on_server(db, id_) or _templates_on_server(db, id_):
+            raise Conflict("storage_path cannot change while the backup server holds backups or templates")
         _check_storage_path(data["storage_path"])
     if isinstance(obj, AutobackupPreset) and {"period", "duration"} & data.keys():
         _check_preset(data.get("period", obj.period), data.get("duration", obj.duration))
@@ -72,11 +81,16 @@ def update(db: Session, actor: User, model: type[T], id_: int, data: dict[str, A
 
 
 def delete(db: Session, actor: User, model: type[T], id_: int) -> None:
+    if model is ImageTemplate:
+        delete_template(db, actor, id_)
+        return
     obj = get(db, actor, model, id_)
     in_use = {
         DataStore: lambda: inventory.disks_on_data_store(db, id_) and "it has disks",
-        BackupServer: lambda: inventory.backups_on_server(db, id_) and "it holds backups",
-        ImageTemplate: lambda: inventory.vms_of_template(db, id_) and "virtual machines use it",
+        BackupServer: lambda: (
+            (inventory.backups_on_server(db, id_) and "it holds backups")
+            or (_templates_on_server(db, id_) and "it holds templates converted from backups")
+        ),
         BackupServerZone: lambda: inventory.servers_in_zone(db, id_) and "backup servers are attached to it",
         AutobackupPreset: lambda: None,
     }[model]()
@@ -84,6 +98,48 @@ def delete(db: Session, actor: User, model: type[T], id_: int) -> None:
         raise Conflict(f"{LABELS[model]} cannot be deleted: {in_use}")
     db.delete(obj)
     db.commit()
+
+
+DESTROY_TEMPLATE = "destroy_template"  # services/template_tasks.py
+
+
+def delete_template(db: Session, actor: User, template_id: int) -> Transaction | None:
+    """Delete a template: an admin any that no VM uses, a user their own converted one (someone else's is 404 like a
+    missing one; a system template, which users may see, 403).
+
+    A template converted from a backup has an archive on its backup server: a ``destroy_template`` transaction
+    removes it and then the row (returned, to be handed to the worker). A template with no stored archive goes at
+    once (None)."""
+    template = get(db, actor, ImageTemplate, template_id)
+    if not actor.is_admin and template.user_id != actor.id:
+        raise Forbidden()
+    if inventory.vms_of_template(db, template_id):
+        raise Conflict("Template cannot be deleted: virtual machines use it")
+    if template.state == "pending":
+        raise Conflict("Template cannot be deleted: it is still being made from its backup")
+    if template.backup_server_id is None:  # a system template, or its backup server was deleted: no data to remove
+        db.delete(template)
+        db.commit()
+        return None
+    quotas.check_can_queue(db, actor)
+    if tq.in_progress(db, DESTROY_TEMPLATE, "ImageTemplate", template_id):
+        raise Conflict("Template cannot be deleted: it is already being deleted")
+    tx = transactions.create(
+        db,
+        action=DESTROY_TEMPLATE,
+        parent_type="ImageTemplate",
+        parent_id=template_id,
+        vm_id=None,
+        user_id=template.user_id or actor.id,
+        lock_key=f"template:{template_id}",
+    )
+    db.commit()
+    return tx
+
+
+def _templates_on_server(db: Session, server_id: int) -> int:
+    # Converted templates keep their archive on the server: deleting or moving it would lose them.
+    return inventory.count_where(db, ImageTemplate.backup_server_id, server_id)
 
 
 def _check_preset(period: str, duration: int) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, User, VirtualMachine
 from vmbackup.engine import Engine, Stats, gc
 from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing, TargetInvalid
-from vmbackup.services import actions, autobackups, machines
+from vmbackup.services import actions, autobackups, machines, template_tasks
 from vmbackup.services.backups import disk_key
 from vmbackup.storage.location import open_storage
 
@@ -331,6 +331,8 @@ def _unlock(sessions: Sessions, backup_id: int, vm_id: int | None = None) -> Non
 def fail(sessions: Sessions, tx: Transaction) -> None:
     """Undo a failed or interrupted transaction's locks; a take leaves its backup unbuilt, a convert its template
     removed. Stored data needs no undo: the engine writes atomically and ``Engine.recover`` clears leftovers."""
+    if tx.parent_type != "Backup":  # destroy_template: locks nothing, undoes itself; parent_id is no backup's
+        return
     vm_id = tx.associated_object_id if tx.action == "restore_backup" else None
     _unlock(sessions, tx.parent_id, vm_id)
     if tx.action in ("take_backup", "take_incremental_backup", "destroy_backup"):
@@ -351,4 +353,5 @@ ACTIONS: dict[str, Callable[[Sessions, Transaction, Log], None]] = {
     "restore_backup": restore_backup,
     "convert_backup": convert_backup,
     "destroy_backup": destroy_backup,
+    "destroy_template": template_tasks.destroy_template,
 }

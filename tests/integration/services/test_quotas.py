@@ -12,7 +12,7 @@ import pytest
 from tests.images import MiB, write_image
 from tests.integration.api.helpers import make_backup
 from vmbackup.config import Settings
-from vmbackup.db.models import Transaction, User
+from vmbackup.db.models import ImageTemplate, Transaction, User
 from vmbackup.db.queries import transactions as tq
 from vmbackup.errors import TooManyQueued
 from vmbackup.services import actions, autobackups, quotas, schedules
@@ -44,6 +44,10 @@ def _queued(app, user_id):
 def test_a_user_is_refused_at_the_limit_for_every_kind_of_work(app, alice):
     disk, as_alice = alice["disk"]["id"], alice["api"]
     built = make_backup(app, disk_id=disk)
+    with app.state.sessions() as db:  # as a finished conversion leaves it
+        converted = ImageTemplate(label="hers", user_id=alice["user"]["id"], backup_server_id=1, parent_backup_id=built)
+        db.add(converted)
+        db.commit()
     for _ in range(LIMIT):
         assert as_alice.post(f"/settings/disks/{disk}/backups.json").status_code == 201
     refused = [
@@ -52,6 +56,7 @@ def test_a_user_is_refused_at_the_limit_for_every_kind_of_work(app, alice):
         as_alice.post(f"/backups/{built}/restore.json"),
         as_alice.post(f"/backups/{built}/convert.json", {"backup": {"label": "mine"}}),
         as_alice.delete(f"/backups/{built}.json"),
+        as_alice.delete(f"/templates/{converted.id}.json"),
     ]
     for r in refused:
         assert r.status_code == 422, r.text

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from vmbackup.api import presenters
+from vmbackup.api import formats, presenters
 from vmbackup.api.body import body, openapi_body
 from vmbackup.api.deps import AdminCtx, Ctx, Id
 from vmbackup.api.schemas import TemplateCreate
@@ -29,3 +29,11 @@ def create_template(ctx: AdminCtx, data: Annotated[TemplateCreate, body("image_t
 @router.get("/templates/{template_id}")
 def get_template(template_id: Id, ctx: Ctx) -> Response:
     return ctx.one("image_template", presenters.template(catalog.get(ctx.db, ctx.user, ImageTemplate, template_id)))
+
+
+@router.delete("/templates/{template_id}", status_code=204)
+def delete_template(template_id: Id, ctx: Ctx) -> Response:
+    tx = catalog.delete_template(ctx.db, ctx.user, template_id)
+    if tx is not None:  # a converted template: its archive is removed by a transaction
+        ctx.queued(tx)
+    return formats.no_content()

@@ -117,3 +117,14 @@ def queued_count(db: Session, user_id: int) -> int:
     """Transactions of this user's objects that are pending or running."""
     q = select(func.count()).where(Transaction.user_id == user_id, Transaction.status.in_(("pending", "running")))
     return int(db.scalar(q) or 0)
+
+
+def in_progress(db: Session, action: str, parent_type: str, parent_id: int) -> bool:
+    """A transaction ``action`` of this object is pending or running."""
+    q = select(Transaction.id).where(
+        Transaction.action == action,
+        Transaction.parent_type == parent_type,
+        Transaction.parent_id == parent_id,
+        Transaction.status.in_(("pending", "running")),
+    )
+    return db.scalars(q.limit(1)).first() is not None
