@@ -11,7 +11,7 @@ from vmbackup.db.models.inventory import (
 )
 from vmbackup.db.models.schedules import AutobackupPreset, Schedule, ScheduleLog
 from vmbackup.db.models.transactions import Transaction
-from vmbackup.db.models.users import User
+from vmbackup.db.models.users import SignInName, User
 
 __all__ = [
     "AutobackupPreset",
@@ -23,6 +23,7 @@ __all__ = [
     "ImageTemplate",
     "Schedule",
     "ScheduleLog",
+    "SignInName",
     "Transaction",
     "User",
     "VirtualMachine",
