@@ -5,6 +5,7 @@
     ├── Forbidden         (403, 4)     caller is known but not allowed
     ├── Unauthorized      (401, 5)     no or bad credentials
     ├── TooManyAttempts   (429, 7)     too many failed logins from this client or for this login; retry later
+    ├── DatabaseUnavailable (503, 8)   the database is missing, unreadable or not a vmbackup database (CLI)
     ├── Invalid           (422, 2)     bad parameters; may carry per-field messages
     ├── Conflict          (422, 6)     the object's state forbids the action (locked, unbuilt, booted...)
     │   └── TooManyQueued (422, 19)    the user has as many transactions pending or running as allowed
@@ -65,6 +66,13 @@ class TooManyAttempts(VmbackupError):
     def __init__(self, retry_after: int) -> None:
         super().__init__()
         self.retry_after = retry_after
+
+
+class DatabaseUnavailable(VmbackupError):
+    """The database cannot be used."""
+
+    status = 503
+    exit_code = 8
 
 
 class Invalid(VmbackupError):

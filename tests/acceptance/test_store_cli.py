@@ -71,3 +71,42 @@ def test_domain_errors_exit_with_their_code(tmp_path: Path, image: Path) -> None
     assert proc.returncode == BackupDamaged.exit_code and "DAMAGED" in proc.stdout
     proc = run("restore", "damaged0000000", str(tmp_path / "x.img"), store=store, ok=False)
     assert proc.returncode == BackupDamaged.exit_code and "backup damaged0000000" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [("list",), ("verify", "abcdefghij0123"), ("delete", "abcdefghij0123"), ("restore", "abcdefghij0123", "t")]
+)
+def test_a_missing_store_directory_is_refused_not_created(tmp_path: Path, args: tuple[str, ...]) -> None:
+    typo = tmp_path / "stroe"
+    proc = run(*args, store=typo, ok=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not typo.exists()
+
+
+def test_take_creates_its_store_directory(tmp_path: Path, image: Path) -> None:
+    store = tmp_path / "new" / "store"
+    run("take", str(image), store=store)
+    assert len(json.loads(run("list", "--json", store=store).stdout)) == 1
+
+
+def test_a_disk_given_twice_is_refused(tmp_path: Path, image: Path) -> None:
+    store = tmp_path / "store"
+    other = tmp_path / "other.img"
+    other.write_bytes(image.read_bytes()[: 1 << 20])
+    proc = run("take", "--disk", f"vda={image}", "--disk", f"vda={other}", store=store, ok=False)
+    assert proc.returncode == 2 and "'vda' is given more than once" in proc.stderr
+    proc = run("take", str(image), "--disk", f"disk0={other}", store=store, ok=False)
+    assert proc.returncode == 2 and "'disk0'" in proc.stderr
+    assert not store.exists() or run("list", store=store).stdout == ""  # nothing was taken
+    run("take", "--id", "abcdefghij0123", "--disk", f"vda={image}", "--disk", f"vdb={other}", store=store)
+    r1, r2 = tmp_path / "r1.img", tmp_path / "r2.img"
+    proc = run("restore", "abcdefghij0123", "--disk", f"vda={r1}", "--disk", f"vda={r2}", store=store, ok=False)
+    assert proc.returncode == 2 and "'vda' is given more than once" in proc.stderr
+    proc = run(
+        "restore", "abcdefghij0123", "--disk", f"vda={r1}", "--disk", f"vdb={tmp_path}/./r1.img", store=store, ok=False
+    )
+    assert proc.returncode == 2 and "more than one disk" in proc.stderr
+    assert not r1.exists() and not r2.exists()
+    run("restore", "abcdefghij0123", "--disk", f"vda={r1}", "--disk", f"vdb={r2}", store=store)
+    assert r1.read_bytes() == image.read_bytes() and r2.read_bytes() == other.read_bytes()

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
+
+from vmbackup.errors import BackupDamaged, DatabaseUnavailable, NotFound
 
 # The settings and database layers are imported inside the commands: `vmbackup store ...` shares this entry
 # point and should not pay for loading SQLAlchemy and the models (~0.4 s) or pydantic-settings (~0.12 s).
 
 
+# Ids are 32-bit integer columns (PostgreSQL ``integer``): a larger one names no backup, and would overflow the query.
+MAX_ID = 2**31 - 1
+
+
 def _sessions():  # type: ignore[no-untyped-def]
+    """Settings and a session factory for an existing, migrated database; DatabaseUnavailable otherwise.
+
+    These commands read what the service wrote: a missing SQLite file means the settings point elsewhere, so it is
+    reported rather than created empty (which SQLite would do on connecting)."""
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
     from vmbackup.config import SettingsError, load_settings
     from vmbackup.db.session import make_engine, make_session_factory
 
@@ -20,7 +34,16 @@ def _sessions():  # type: ignore[no-untyped-def]
     except SettingsError as exc:
         click.echo(f"vmbackup: {exc}", err=True)
         sys.exit(2)
-    return settings, make_session_factory(make_engine(settings.database_url))
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        raise DatabaseUnavailable(
+            f"no database at {url.database} (set VMBACKUP_DATA_DIR or VMBACKUP_DATABASE_URL to the service's)"
+        )
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:  # errors reading it: main() reports them in one line
+        if not inspect(conn).has_table("alembic_version"):
+            raise DatabaseUnavailable(f"{url.render_as_string()} is not a vmbackup database (no schema version)")
+    return settings, make_session_factory(engine)
 
 
 @click.group()
@@ -77,13 +100,15 @@ def verify(backup_id: int) -> None:
     from vmbackup.services import integrity
 
     settings, sessions = _sessions()
+    with sessions() as db:
+        if not 1 <= backup_id <= MAX_ID or db.get(Backup, backup_id) is None:
+            raise NotFound(f"backup {backup_id} not found")
     ok = integrity.check(sessions, backup_id, settings.verify_max_mib_per_second)
     with sessions() as db:
         backup = db.get(Backup, backup_id)
-        if backup is None:
-            click.echo(f"vmbackup: backup {backup_id} not found", err=True)
-            sys.exit(3)
+        if backup is None:  # deleted meanwhile
+            raise NotFound(f"backup {backup_id} not found")
         click.echo(f"backup {backup.id} ({backup.identifier}): {backup.integrity}")
         for line in (backup.integrity_log or "").splitlines():
             click.echo(f"  {line}")
-    sys.exit(0 if ok else 13)
+    sys.exit(0 if ok else BackupDamaged.exit_code)

@@ -13,7 +13,7 @@ import click
 
 from vmbackup.cli.backups import backups
 from vmbackup.cli.store import store
-from vmbackup.errors import VmbackupError
+from vmbackup.errors import DatabaseUnavailable, VmbackupError
 
 if TYPE_CHECKING:
     from vmbackup.config import Settings
@@ -133,12 +133,35 @@ cli.add_command(store)
 cli.add_command(backups)
 
 
+def _database_problem(exc: BaseException) -> str | None:
+    """One line for an error of the database or its schema (unreachable, corrupt, from a newer version), else None.
+
+    Looked up in sys.modules rather than imported: `vmbackup store ...` never loads SQLAlchemy or Alembic, and
+    an error of theirs can only come from a command that did."""
+    classes = tuple(
+        getattr(sys.modules[module], name)
+        for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("alembic.util.exc", "CommandError"))
+        if module in sys.modules
+    )
+    if not classes or not isinstance(exc, classes):
+        return None
+    cause = getattr(exc, "orig", None) or exc  # the driver's own message, without SQLAlchemy's statement dump
+    line = next((part for part in str(cause).splitlines() if part.strip()), type(cause).__name__)
+    return f"the database cannot be used: {line.strip()}"
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
     except VmbackupError as exc:
         click.echo(f"vmbackup: {exc.message}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        problem = _database_problem(exc)
+        if problem is None:
+            raise
+        click.echo(f"vmbackup: {problem}", err=True)
+        sys.exit(DatabaseUnavailable.exit_code)
 
 
 if __name__ == "__main__":

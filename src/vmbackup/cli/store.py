@@ -7,6 +7,7 @@ python -m vmbackup.cli.store --help        (standalone)
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import string
 import sys
@@ -38,27 +39,35 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
 
 
-def _dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+def _dir_option(*, create: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--dir. Only ``take`` (``create``) makes a missing store directory: for the others a missing one is a typo,
+    and creating it would hide that behind an empty listing or a "no such backup"."""
     return click.option(
         "--dir",
         "store_dir",
         envvar="VMBACKUP_STORE_DIR",
         required=True,
-        type=click.Path(file_okay=False),
-        help="Storage directory [env VMBACKUP_STORE_DIR]",
-    )(f)
+        type=click.Path(file_okay=False, exists=not create),
+        help="Storage directory [env VMBACKUP_STORE_DIR]" + (", created if missing" if create else ", must exist"),
+    )
 
 
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary")(f)
 
 
-def _disks(values: tuple[str, ...]) -> dict[str, str]:
+def _disks(values: tuple[str, ...], *, distinct_paths: bool = False) -> dict[str, str]:
+    """KEY=PATH pairs. A key given twice is refused (one would silently replace the other), and with
+    ``distinct_paths`` (restore) so is a path given twice: two disks restored into one file would leave a mix."""
     out: dict[str, str] = {}
     for v in values:
         key, sep, path = v.partition("=")
         if not sep or not key or not path:
             raise click.BadParameter(f"expected KEY=PATH, got {v!r}", param_hint="--disk")
+        if key in out:
+            raise click.BadParameter(f"disk {key!r} is given more than once", param_hint="--disk")
+        if distinct_paths and os.path.realpath(path) in {os.path.realpath(p) for p in out.values()}:
+            raise click.BadParameter(f"{path!r} is the target of more than one disk", param_hint="--disk")
         out[key] = path
     return out
 
@@ -93,7 +102,7 @@ def store() -> None:
 @click.option("--incremental", is_flag=True, help="Incremental (chunked) backup instead of a .tar.zst archive")
 @click.option("--id", "backup_id", help="Backup id (default: 14 random letters/digits)")
 @click.option("--disk", "disks", multiple=True, metavar="KEY=PATH", help="A disk of an incremental backup")
-@_dir_option
+@_dir_option(create=True)
 @_json_option
 def take(
     image: str | None, incremental: bool, backup_id: str | None, disks: tuple[str, ...], store_dir: str, as_json: bool
@@ -105,7 +114,9 @@ def take(
         if incremental or disks:
             targets = _disks(disks)
             if image:
-                targets.setdefault("disk0", image)
+                if "disk0" in targets:
+                    raise click.BadParameter("disk 'disk0' is given as IMAGE and as --disk", param_hint="--disk")
+                targets["disk0"] = image
             if not targets:
                 raise click.UsageError("give IMAGE or --disk KEY=PATH")
             stats = engine.take_incremental(backup_id, targets, progress)
@@ -123,7 +134,7 @@ def take(
 
 
 @store.command(name="list")
-@_dir_option
+@_dir_option(create=False)
 @_json_option
 def list_(store_dir: str, as_json: bool) -> None:
     """List the backups in the store."""
@@ -139,14 +150,16 @@ def list_(store_dir: str, as_json: bool) -> None:
 @click.argument("backup_id")
 @click.argument("target", required=False)
 @click.option("--disk", "disks", multiple=True, metavar="KEY=PATH", help="Where to restore a disk")
-@_dir_option
+@_dir_option(create=False)
 @_json_option
 def restore(backup_id: str, target: str | None, disks: tuple[str, ...], store_dir: str, as_json: bool) -> None:
     """Restore BACKUP_ID to TARGET, or its disks to the --disk paths."""
     if not target and not disks:
         raise click.UsageError("give TARGET or --disk KEY=PATH")
     with _progress("restore") as progress:
-        stats = Engine(LocalStorage(store_dir)).restore(backup_id, target or _disks(disks), progress)
+        stats = Engine(LocalStorage(store_dir)).restore(
+            backup_id, target or _disks(disks, distinct_paths=True), progress
+        )
     _emit(
         as_json,
         {"backup_id": backup_id, **stats.to_dict()},
@@ -156,7 +169,7 @@ def restore(backup_id: str, target: str | None, disks: tuple[str, ...], store_di
 
 @store.command()
 @click.argument("backup_id")
-@_dir_option
+@_dir_option(create=False)
 @_json_option
 def verify(backup_id: str, store_dir: str, as_json: bool) -> None:
     """Re-read and check everything BACKUP_ID references.  Exits with BackupDamaged.exit_code when damaged."""
@@ -178,7 +191,7 @@ def verify(backup_id: str, store_dir: str, as_json: bool) -> None:
 
 @store.command()
 @click.argument("backup_id")
-@_dir_option
+@_dir_option(create=False)
 @_json_option
 def delete(backup_id: str, store_dir: str, as_json: bool) -> None:
     """Delete BACKUP_ID and the chunks only it used."""

@@ -131,7 +131,7 @@ def delete_template(db: Session, actor: User, template_id: int) -> Transaction |
         parent_id=template_id,
         vm_id=None,
         user_id=template.user_id or actor.id,
-        lock_key=f"template:{template_id}",
+        lock_keys=[f"template:{template_id}"],
     )
     db.commit()
     return tx

@@ -3,6 +3,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import User
@@ -14,9 +15,23 @@ from vmbackup.services.auth import Authenticator, hash_api_key, new_api_key
 
 
 def _check_unique(db: Session, login: str | None, email: str | None, except_id: int | None = None) -> None:
+    """A login or email is taken when any other user signs in with it, as login or as email, in any case: sign-in
+    accepts either (services/auth.py), so one user's login equal to another's email would shadow one of them."""
     taken = q.taken(db, login=login, email=email, except_id=except_id)
     if taken:
         raise Invalid(fields={field: ["has already been taken"] for field in taken})
+
+
+def _commit_names(db: Session, login: str | None, email: str | None, except_id: int | None = None) -> None:
+    """Commit a new or renamed user. The check above ran first, but a concurrent request may have taken the name
+    since: the signin_names key (db/models/users.py) then refuses the commit, and the caller gets the same field
+    error as if it had come second in the check."""
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        _check_unique(db, login, email, except_id)
+        raise
 
 
 def list_users(db: Session, actor: User) -> list[User]:
@@ -34,7 +49,7 @@ def create_user(db: Session, actor: User, auth: Authenticator, data: dict[str, A
     password = data.pop("password")
     user = User(**data, password_hash=auth.hash_password(password))
     db.add(user)
-    db.commit()
+    _commit_names(db, data["login"], data["email"])
     return user
 
 
@@ -48,7 +63,7 @@ def update_user(db: Session, actor: User, auth: Authenticator, user_id: int, dat
     if "password" in data:
         user.password_hash = auth.hash_password(data.pop("password"))
     apply(user, data)
-    db.commit()
+    _commit_names(db, data.get("login"), data.get("email"), except_id=user.id)
 
 
 def delete_user(db: Session, actor: User, user_id: int) -> None:

@@ -13,7 +13,7 @@ from vmbackup.db.models.inventory import (
 )
 from vmbackup.db.models.schedules import AutobackupPreset, Schedule, ScheduleLog
 from vmbackup.db.models.transactions import Lock, Transaction
-from vmbackup.db.models.users import User
+from vmbackup.db.models.users import SignInName, User
 
 __all__ = [
     "AutobackupPreset",
@@ -27,6 +27,7 @@ __all__ = [
     "Lock",
     "Schedule",
     "ScheduleLog",
+    "SignInName",
     "Transaction",
     "User",
     "VirtualMachine",

@@ -1,9 +1,30 @@
 from __future__ import annotations
 
-from sqlalchemy import String
-from sqlalchemy.orm import Mapped, mapped_column
+from typing import Any
+
+from sqlalchemy import ForeignKey, String, event, inspect
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from vmbackup.db.base import NEVER_REUSE_IDS, Base, Timestamps, new_identifier
+
+
+def signin_name(value: str) -> str:
+    """The form in which a login or email is reserved: names differing only in case are one name."""
+    return value.lower()
+
+
+class SignInName(Base):
+    """Every name a user signs in with (login and email), one row per name (``signin_name``).
+
+    Why a table: sign-in accepts a login or an email, so one user's login must not be another's email, and two
+    unique columns cannot say that. The primary key here can, on SQLite and PostgreSQL alike, also between two
+    requests racing each other. Rows are kept in step with ``users`` in the same flush (``_reserve_names``)."""
+
+    __tablename__ = "signin_names"
+
+    # Twice a column's 255: lower() lengthens at most one character (U+0130) into two.
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
 
 
 class User(Timestamps, Base):
@@ -23,6 +44,28 @@ class User(Timestamps, Base):
     # sha256 hex of the API key: keys are 40 random characters, so a fast hash is enough (no dictionary to try).
     api_key_hash: Mapped[str | None] = mapped_column(String(64))
 
+    signin_names: Mapped[list[SignInName]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+@event.listens_for(Session, "before_flush")
+def _reserve_names(session: Session, _context: Any, _instances: Any) -> None:
+    """Bring each new or renamed user's SignInName rows in line with its login and email, in the same flush, so
+    every way of writing a user (services, first start, tests) reserves its names; a name another user holds then
+    fails the flush with an IntegrityError (services/users.py turns that into a field error)."""
+    for user in [*session.new, *session.dirty]:
+        if not isinstance(user, User):
+            continue
+        state = inspect(user)
+        if not state.pending and not (
+            state.attrs.login.history.has_changes() or state.attrs.email.history.has_changes()
+        ):
+            continue
+        wanted = {signin_name(user.login), signin_name(user.email)}
+        with session.no_autoflush:
+            kept = [row for row in user.signin_names if row.name in wanted]
+            held = {row.name for row in kept}
+            user.signin_names = kept + [SignInName(name=name) for name in sorted(wanted - held)]
