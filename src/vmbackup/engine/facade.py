@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -176,7 +176,7 @@ class Engine:
             return archive.delete_normal(self.storage, backup_id)
         return gc.delete_incremental(self.storage, self.chunks, backup_id)
 
-    def quarantine(self, chunk_ids: list[str]) -> int:
+    def quarantine(self, chunk_ids: Sequence[str]) -> int:
         """Move damaged chunks (a `VerifyReport.damaged_chunks`) aside so the next backup stores them again.
         Needs the store to itself: while a take runs it may be reusing one of them, so this returns 0 and the
         next integrity check tries again."""

@@ -147,7 +147,8 @@ def restore_incremental(
 
 def _runs(entry: DiskEntry, per_task: int) -> Iterator[tuple[int, list[str | None]]]:
     """(first index, ids) of up to per_task consecutive chunks, all zero or all data, in disk order."""
-    first, run, zero = 0, [], False
+    first, zero = 0, False
+    run: list[str | None] = []
     for i, cid in entry.chunk_ids():
         if run and ((cid is None) != zero or len(run) >= per_task):
             yield first, run
