@@ -6,7 +6,7 @@ report (no reads), so compression starts at once; zeros the guest wrote inside d
 `FRAME_BYTES` pieces compressed as independent zstd frames on at most `_THREADS_MAX` threads (memory bounded
 by the thread cap, not the core count); concatenated frames are one valid zstd stream for every zstd tool.
 The image is read and the archive written with O_DIRECT, so neither fills the page cache.  The measurements
-behind these choices are in BENCHMARKS.md.
+behind these choices are in BENCHMARKS.md (rounds 1-3, "Design measurements").
 
 Integrity: zstd's content checksum covers each frame, and the sidecar `normal/<id>.meta.json` holds the
 BLAKE3 and length of the whole uncompressed tar stream, checked by restore and verify, and (version 3) its own

@@ -6,8 +6,8 @@ when the restore succeeded: a failed restore leaves nothing.
 
 Large aligned writes go through a second descriptor opened with O_DIRECT: a restore writes gigabytes that
 nobody reads back soon, and through the page cache every byte costs a kernel copy into freshly allocated
-cache pages plus writeback later (perf on the 2 GiB bench restore: 72% of the CPU in the kernel, a quarter of
-it that copy).  Direct writes go from a reused, page-aligned buffer to the device.  Unaligned pieces (the
+cache pages plus writeback later (BENCHMARKS.md, round 1).  Direct writes go from a reused, page-aligned
+buffer to the device.  Unaligned pieces (the
 tail of an image whose size is not a multiple of 4 KiB) and file systems that refuse O_DIRECT (tmpfs) use
 ordinary writes.
 
