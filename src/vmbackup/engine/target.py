@@ -163,6 +163,15 @@ def open_target(path: str, size: int, *, force_overwrite: bool = False) -> Itera
         raise
 
 
+def _resize(fd: int, p: Path, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno in (errno.EFBIG, errno.EINVAL):  # beyond what this file system holds in one file
+            raise TargetInvalid(f"restore target {p} cannot hold {size} bytes: {exc.strerror}") from None
+        raise
+
+
 @contextlib.contextmanager
 def _new_file(p: Path, size: int) -> Iterator[Target]:
     if not p.parent.is_dir():
@@ -170,7 +179,7 @@ def _new_file(p: Path, size: int) -> Iterator[Target]:
     tmp = p.parent / f".{p.name}.vmbackup-{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.ftruncate(fd, size)
+        _resize(fd, p, size)
         t = Target(str(p), fd, size, needs_zeroing=False, direct_fd=_open_direct(tmp, fd))
         try:
             yield t
@@ -210,7 +219,7 @@ def _in_place(p: Path, size: int, *, force_overwrite: bool) -> Iterator[Target]:
                 raise TargetInvalid(f"restore target {p} holds {have} bytes, the image needs {size}")
         else:
             os.ftruncate(fd, 0)
-            os.ftruncate(fd, size)
+            _resize(fd, p, size)
         t = Target(str(p), fd, size, needs_zeroing=block, direct_fd=_open_direct(p, fd))
         try:
             yield t
