@@ -36,8 +36,8 @@ import zstandard
 from vmbackup.engine import documents
 from vmbackup.engine import tarformat as tf
 from vmbackup.engine.source import READ_SIZE, Source, data_extents, open_source
-from vmbackup.engine.types import Progress, Stats
-from vmbackup.errors import BackupDamaged, BackupMissing
+from vmbackup.engine.types import Progress, Stats, check_backup_id
+from vmbackup.errors import BackupDamaged, BackupMissing, InvalidBackupId
 from vmbackup.storage.base import ObjectMissing, Storage
 
 FORMAT = "vmbackup-normal"
@@ -625,7 +625,14 @@ def delete_normal(storage: Storage, backup_id: str) -> int:
 
 
 def orphan_archives(storage: Storage) -> Iterator[str]:
-    """Archive keys without their meta: a take that died between the two writes."""
+    """Archive keys without their meta: a take that died between the two writes.  Names that are no backup
+    id's were not written by the engine: left alone."""
     for key in storage.list("normal/"):
-        if key.endswith(".tar.zst") and not storage.exists(key[: -len(".tar.zst")] + ".meta.json"):
+        if not key.endswith(".tar.zst"):
+            continue
+        try:
+            backup_id = check_backup_id(key[len("normal/") : -len(".tar.zst")])
+        except InvalidBackupId:
+            continue
+        if not storage.exists(meta_key(backup_id)):
             yield key

@@ -236,3 +236,15 @@ def test_a_stray_file_in_manifests_blocks_gc_without_breaking_it(
     why = store.get(PENDING_KEY).decode()
     assert why.count("\n") == 1 and "nothing deleted" in why, why
     assert [b.backup_id for b in eng.list()] == ["i2"]
+
+
+def test_recover_leaves_files_it_did_not_write_alone(tmp_path: Path, make_image: ImageFactory) -> None:
+    from vmbackup.storage import LocalStorage
+
+    store = LocalStorage(tmp_path / "store")
+    eng = Engine(store, chunk_size=64 * 1024)
+    eng.take_normal("n1", str(make_image()))
+    (tmp_path / "store" / "normal" / "not a backup.tar.zst").write_bytes(b"someone else's")
+    eng.recover()
+    assert (tmp_path / "store" / "normal" / "not a backup.tar.zst").exists()
+    assert eng.verify("n1").ok
