@@ -6,7 +6,7 @@ report (no reads), so compression starts at once; zeros the guest wrote inside d
 `FRAME_BYTES` pieces compressed as independent zstd frames on at most `_THREADS_MAX` threads (memory bounded
 by the thread cap, not the core count); concatenated frames are one valid zstd stream for every zstd tool.
 The image is read and the archive written with O_DIRECT, so neither fills the page cache.  The measurements
-behind these choices are in BENCHMARKS.md.
+behind these choices are in BENCHMARKS.md (rounds 1-3, "Design measurements").
 
 Integrity: zstd's content checksum covers each frame, and the sidecar `normal/<id>.meta.json` holds the
 BLAKE3 and length of the whole uncompressed tar stream, checked by restore and verify, and (version 3) its own
@@ -36,8 +36,8 @@ import zstandard
 from vmbackup.engine import documents
 from vmbackup.engine import tarformat as tf
 from vmbackup.engine.source import READ_SIZE, Source, data_extents, open_source
-from vmbackup.engine.types import Progress, Stats
-from vmbackup.errors import BackupDamaged, BackupMissing
+from vmbackup.engine.types import Progress, Stats, check_backup_id
+from vmbackup.errors import BackupDamaged, BackupMissing, InvalidBackupId
 from vmbackup.storage.base import ObjectMissing, Storage
 
 FORMAT = "vmbackup-normal"
@@ -281,7 +281,10 @@ class _HashingReader:
     def read_exact(self, n: int) -> bytes:
         parts, want = [], n
         while want:
-            data = self._z.read(min(want, READ_SIZE))
+            try:
+                data = self._z.read(min(want, READ_SIZE))
+            except OSError as exc:  # the storage's, not zstd's: an unreadable archive is damage
+                raise _unreadable(self._where, exc) from None
             if not data:
                 raise BackupDamaged(f"{self._where} is truncated")
             parts.append(data)
@@ -292,7 +295,10 @@ class _HashingReader:
         return out
 
     def at_eof(self) -> bool:
-        return not self._z.read(1)
+        try:
+            return not self._z.read(1)
+        except OSError as exc:
+            raise _unreadable(self._where, exc) from None
 
 
 @contextmanager
@@ -336,13 +342,39 @@ def read_archive(
             if meta["version"] >= 2:
                 realsize = _read_indexed(storage, key, meta, where, on_map, on_data, report, threads)
             else:
-                with storage.open_reader(key) as raw:
+                with _opened(storage, key, where) as raw:
                     realsize = _read_stream(raw, meta, where, on_map, on_data, report, threads)
         if realsize != meta["logical_bytes"]:
             raise BackupDamaged(f"{where} holds {realsize} bytes, its metadata says {meta['logical_bytes']}")
-        return storage.size(key)
+        return _size(storage, key, where)
     except ObjectMissing:
         raise BackupDamaged(f"{where} is missing") from None
+
+
+def _unreadable(where: str, exc: OSError) -> BackupDamaged:
+    """A read of the storage that failed (an I/O or permission error): damage to report, like any other.  Only
+    reads are wrapped: errors of the restore target stay what they are (a full disk is not damage)."""
+    return BackupDamaged(f"{where} cannot be read ({exc.strerror or exc})")
+
+
+def _size(storage: Storage, key: str, where: str) -> int:
+    try:
+        return storage.size(key)
+    except OSError as exc:
+        raise _unreadable(where, exc) from None
+
+
+@contextmanager
+def _opened(storage: Storage, key: str, where: str) -> Iterator[BinaryIO]:
+    try:
+        cm = storage.open_reader(key)
+        raw = cm.__enter__()
+    except OSError as exc:
+        raise _unreadable(where, exc) from None
+    try:
+        yield raw
+    finally:
+        cm.__exit__(None, None, None)
 
 
 def _parse_head(read_exact: Callable[[int], bytes], member: str) -> tuple[int, list[tuple[int, int]]]:
@@ -470,7 +502,7 @@ def _read_indexed(
     for i in range(1, len(frames)):
         c_start[i] = c_start[i - 1] + frames[i - 1][0]
         u_start[i] = u_start[i - 1] + frames[i - 1][1]
-    have = storage.size(key)
+    have = _size(storage, key, where)
     if have < meta["archive_bytes"]:
         raise BackupDamaged(f"{where} is truncated ({have} bytes, its index says {meta['archive_bytes']})")
     if have > meta["archive_bytes"]:
@@ -502,7 +534,10 @@ def _read_indexed(
                 raise BackupDamaged(f"{where} is corrupt: frame {i} holds {len(data)} bytes, its index says {usize}")
             return data
 
-        return storage.read_once(key, unpack, c0, csize)
+        try:
+            return storage.read_once(key, unpack, c0, csize)
+        except OSError as exc:
+            raise _unreadable(where, exc) from None
 
     hasher = blake3.blake3()
     head = bytearray()
@@ -590,7 +625,14 @@ def delete_normal(storage: Storage, backup_id: str) -> int:
 
 
 def orphan_archives(storage: Storage) -> Iterator[str]:
-    """Archive keys without their meta: a take that died between the two writes."""
+    """Archive keys without their meta: a take that died between the two writes.  Names that are no backup
+    id's were not written by the engine: left alone."""
     for key in storage.list("normal/"):
-        if key.endswith(".tar.zst") and not storage.exists(key[: -len(".tar.zst")] + ".meta.json"):
+        if not key.endswith(".tar.zst"):
+            continue
+        try:
+            backup_id = check_backup_id(key[len("normal/") : -len(".tar.zst")])
+        except InvalidBackupId:
+            continue
+        if not storage.exists(meta_key(backup_id)):
             yield key

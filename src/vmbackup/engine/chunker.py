@@ -9,24 +9,10 @@ of calls; the calling thread only touches tasks.  Memory: one task buffer per wo
 `4 x workers` queued task descriptions, whatever the image size, plus the packed id list (32 bytes per
 chunk: 256 KiB per GiB of disk at 128 KiB chunks).
 
-Fixed-size chunks because disk images change in place: a guest write never shifts the data after it, so
-content-defined chunking buys nothing here and costs CPU.  The size comes from `bench/compare.py`'s image (2
-GiB: holes, zeros, random, text and repeated regions; then 2% of its 4 KiB blocks rewritten in 1250 clusters
-of 1-16 blocks), engine library, 2 vCPUs, ext4, LocalStorage, before batching (per-chunk fsyncs):
-
-    chunk     2nd backup stores   vs restic's 659 MiB   1st backup   manifest per TiB of disk
-     64 KiB          70 MiB              0.11              9.96 s            1072 MiB
-    128 KiB         106 MiB              0.16              7.18 s             536 MiB
-    256 KiB         168 MiB              0.25              6.35 s             268 MiB
-      1 MiB         471 MiB              0.71              3.71 s              67 MiB
-
-Most of the small-chunk penalty was two fsyncs per chunk file and a Future per chunk; with batched fsyncs
-and 4 MiB tasks, the first backup at 128 KiB takes 4.3-4.6 s in the same setting (engine library, cold
-cache), the rest being the creation of ~11k chunk files (kernel time).  128 KiB stores 4.4x less than 1 MiB
-after scattered small writes (the common case for VM disks) and keeps a margin on the 0.25x-of-restic
-target that 256 KiB only just meets; 64 KiB would gain a third more but double the manifests (each
-incremental writes a full one) and the id list again.  The chunk size is recorded per disk in the manifest,
-so `Engine(chunk_size=...)` can change it without breaking old backups (tested with 1 MiB backups).
+Fixed-size chunks because disk images change in place (a guest write never shifts the data after it), so
+content-defined chunking buys nothing and costs CPU; 128 KiB meets the bytes-stored target with a margin
+without doubling the manifests again (BENCHMARKS.md, "Design measurements").  The chunk size is recorded per
+disk in the manifest, so `Engine(chunk_size=...)` can change it without breaking old backups.
 """
 
 from __future__ import annotations

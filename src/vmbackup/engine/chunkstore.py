@@ -2,7 +2,7 @@
 
 A chunk is stored once under `chunks/<id[:2]>/<id>`, where id = BLAKE3 (hex) of its uncompressed bytes.  The
 object is one zstd frame with content size and content checksum.  BLAKE3 rather than sha256: over twice as fast
-per core (BENCHMARKS.md), and both release the GIL.
+per core (BENCHMARKS.md, "Design measurements"), and both release the GIL.
 
 Objects are immutable and written atomically, so "exists" means "complete".  Every read re-hashes what the
 object decompresses to: zstd's checksum only says the frame is intact, and a valid frame of another chunk (a

@@ -119,3 +119,9 @@ def field(doc: dict[str, Any], name: str) -> Any:
 def show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def name(key: str) -> str:
+    """A storage key as written in messages: as it is when printable, else its repr (a file name that is not
+    UTF-8, or holds control characters, must not break a log line or an encoder)."""
+    return key if key.isprintable() and key.isascii() else show(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -67,11 +67,8 @@ class Engine:
 
             created = datetime.now(UTC).isoformat(timespec="seconds")
             manifest = Manifest(backup_id, created, {k: DiskEntry(s.size, self.chunk_size) for k, s in sources.items()})
-            if manifest.max_encoded_bytes() > manifests.MAX_BYTES:  # we never write what we would refuse to read
-                raise TargetInvalid(
-                    f"backup {backup_id}: {total} bytes in chunks of {self.chunk_size} would make a manifest larger"
-                    f" than {manifests.MAX_BYTES} bytes; use a larger chunk size"
-                )
+            if manifest.min_encoded_bytes() > manifests.MAX_BYTES:  # hopeless even if every chunk were zeros
+                raise _too_large(backup_id, total, self.chunk_size)
             # The shared lock is the lease that keeps GC away from chunks this take reuses (see gc.py).
             with self.storage.lock(exclusive=False):
                 with (
@@ -84,8 +81,11 @@ class Engine:
                 # The writer has made every chunk durable (data and name): only now may the manifest appear.
                 manifest.stored_bytes = stats.new_bytes_stored
                 with self.storage.open_writer(manifest_key(backup_id)) as w:
+                    written = 0
                     for piece in manifest.encode():
-                        w.write(piece)
+                        written += w.write(piece)
+                        if written > manifests.MAX_BYTES:  # never write what no reader would accept
+                            raise _too_large(backup_id, total, self.chunk_size)
                 stats.new_bytes_stored += self.storage.size(manifest_key(backup_id))
         finally:
             for src in sources.values():
@@ -176,7 +176,7 @@ class Engine:
             return archive.delete_normal(self.storage, backup_id)
         return gc.delete_incremental(self.storage, self.chunks, backup_id)
 
-    def quarantine(self, chunk_ids: list[str]) -> int:
+    def quarantine(self, chunk_ids: Sequence[str]) -> int:
         """Move damaged chunks (a `VerifyReport.damaged_chunks`) aside so the next backup stores them again.
         Needs the store to itself: while a take runs it may be reusing one of them, so this returns 0 and the
         next integrity check tries again."""
@@ -200,6 +200,13 @@ class Engine:
             for key in list(archive.orphan_archives(self.storage)):
                 self.storage.delete(key)
             gc.sweep_locked(self.storage, self.chunks)
+
+
+def _too_large(backup_id: str, total: int, chunk_size: int) -> TargetInvalid:
+    return TargetInvalid(
+        f"backup {backup_id}: {total} bytes of disks in chunks of {chunk_size} make a manifest larger than"
+        f" {manifests.MAX_BYTES} bytes; use a larger chunk size"
+    )
 
 
 def _ids(storage: Storage, prefix: str, suffix: str) -> Iterator[str]:

@@ -40,7 +40,7 @@ def referenced_chunks(storage: Storage) -> tuple[set[bytes], str | None]:
         except ObjectMissing:
             continue  # deleted meanwhile
         except documents.DocumentError as exc:
-            return set(), f"manifest {key} is damaged: {exc}"
+            return set(), f"manifest {documents.name(key)} is damaged: {exc}"
         except BackupDamaged as exc:
             return set(), exc.message
     return out, None

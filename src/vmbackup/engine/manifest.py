@@ -33,11 +33,11 @@ ZERO_ID = bytes(ID_BYTES)
 MAX_DISKS = 256
 MIN_CHUNK_SIZE = 512
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
-# The largest manifest read (or written: a take that would exceed it is refused up front).  A data chunk's
-# entry takes `ENTRY_BYTES`, so this is ~3.7 TiB of non-zero 128 KiB chunks per backup; parsing that much JSON
-# takes about 4x its size in memory.
+# The largest manifest read, and so written (a take that would exceed it fails before its manifest appears).
+# A data chunk's entry takes 68 bytes (',\n"<64 hex>"'), a zero chunk's 6, so this is ~3.7 TiB of non-zero
+# 128 KiB chunks per backup; parsing that much JSON takes about 4x its size in memory.
 MAX_BYTES = 2 * 1024**3
-ENTRY_BYTES = 68  # ',\n"<64 hex>"'
+ZERO_ENTRY_BYTES = 5  # the least an entry can take ('\nnull' or ',\nnull')
 _CHECKSUM_CONTEXT = b"vmbackup-manifest 2\0"
 
 
@@ -105,9 +105,9 @@ class Manifest:
             yield b"]}"
         yield b'},\n "blake3": "%s"}\n' % self.checksum().encode()
 
-    def max_encoded_bytes(self) -> int:
-        """An upper bound of the encoded size, known before any chunk is read (`MAX_BYTES`)."""
-        return 1024 + sum(200 + ENTRY_BYTES * d.count for d in self.disks.values())
+    def min_encoded_bytes(self) -> int:
+        """A lower bound of the encoded size, known before any chunk is read (every chunk a zero chunk)."""
+        return sum(ZERO_ENTRY_BYTES * d.count for d in self.disks.values())
 
     def referenced(self) -> set[bytes]:
         out: set[bytes] = set()

@@ -24,19 +24,8 @@ from vmbackup.errors import BackupDamaged, TargetInvalid
 from vmbackup.storage.base import Storage
 
 _TASK_BYTES = 1 * 1024 * 1024  # consecutive chunks loaded by one task and written with one (direct) write
-# Chunk reads wait on the disk: more threads than cores keep it busy.  Cold reads of the bench's 11k chunk
-# files alone (buffered): 2.54 s on 1 thread, 1.70 s on 4, 1.43 s on 16.  Whole restore of the 1st bench backup
-# (buffered reads): 4 threads x 4 MiB tasks 2.20 s (57 MiB RSS), 8 x 1 MiB 1.87 s (43 MiB), 12 x 1 MiB 1.85 s.
-# Chunks are now read with O_DIRECT (LocalStorage.get_once: 9201 files, 8 threads, 2.4-2.7 s buffered with
-# 1.15 s of system time, 1.3 s direct with 0.45 s); reading them in key order instead of disk order changed
-# nothing beyond the noise.  Direct reads have no kernel read-ahead, so more threads help again: whole restore,
-# engine library, loaded VM (load 6-7), two rounds: 4 threads 2.98/2.97 s, 8 2.39/2.80 s, 16 2.19/2.52 s.
-# Since chunks are read through `Storage.read_once` (no fstat, no copy, string paths: the same restore went
-# from 2.80 s / 3.8 CPU-s to 2.1-2.5 s / 2.7 CPU-s), more threads only add GIL hand-offs (perf: ~17% of the
-# CPU in futex wake-ups and task switches at 16 threads): 2nd bench backup, engine library, another Intel VM
-# at load 3-5, two interleaved rounds: 4 threads 2.59/2.54 s (2.4 CPU-s), 6 2.33/2.14, 8 2.43/2.48 (2.3-2.5
-# CPU-s), 12 2.40/2.12, 16 2.25/2.38 (2.8 CPU-s): the same wall within the noise, so 8 for the lower CPU
-# and memory (44 MiB RSS against 62).
+# Chunk reads wait on the disk, and O_DIRECT reads have no read-ahead, so more threads than cores; beyond 8 the
+# wall time stayed the same while CPU and memory grew (BENCHMARKS.md, rounds 2-3 and "Design measurements").
 _RESTORE_THREADS = 8
 _REPEAT_CACHE_BYTES = 8 * 1024 * 1024  # decompressed chunks kept for their next use (`_Repeats`)
 _ZEROS = bytes(max(READ_SIZE, FRAME_BYTES))
@@ -147,7 +136,8 @@ def restore_incremental(
 
 def _runs(entry: DiskEntry, per_task: int) -> Iterator[tuple[int, list[str | None]]]:
     """(first index, ids) of up to per_task consecutive chunks, all zero or all data, in disk order."""
-    first, run, zero = 0, [], False
+    first, zero = 0, False
+    run: list[str | None] = []
     for i, cid in entry.chunk_ids():
         if run and ((cid is None) != zero or len(run) >= per_task):
             yield first, run
@@ -162,11 +152,8 @@ def _runs(entry: DiskEntry, per_task: int) -> Iterator[tuple[int, list[str | Non
 class _Repeats:
     """Chunks a disk lists more than once are loaded (read, decompressed, checked) once and kept until their
     last use, within `_REPEAT_CACHE_BYTES` (beyond it they are loaded again); a thread that needs a chunk
-    another thread is loading waits for it.  Like restic, which reads a blob once for every place it fills.
-    The bench image's repeated region (copies of one 1 MiB block) makes 11,114 chunk loads of 9,830 distinct
-    chunks in the 2nd backup.  Its restore, engine library, interleaved rounds: 2.04/2.18 s (1.73-1.80 CPU-s)
-    with this against 2.17/2.28 s (1.90-1.97) without; busier later, 2.18/2.37 s (2.19-2.36) against
-    2.81/2.65 s (2.33-2.49)."""
+    another thread is loading waits for it.  Like restic, which reads a blob once for every place it fills
+    (5-17% off the bench's 2nd incremental restore: BENCHMARKS.md, round 3)."""
 
     def __init__(self, entry: DiskEntry) -> None:
         seen: set[bytes] = set()  # packed ids: ~100 bytes each while this runs (6 MiB at 8 GiB of data)

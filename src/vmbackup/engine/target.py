@@ -6,8 +6,8 @@ when the restore succeeded: a failed restore leaves nothing.
 
 Large aligned writes go through a second descriptor opened with O_DIRECT: a restore writes gigabytes that
 nobody reads back soon, and through the page cache every byte costs a kernel copy into freshly allocated
-cache pages plus writeback later (perf on the 2 GiB bench restore: 72% of the CPU in the kernel, a quarter of
-it that copy).  Direct writes go from a reused, page-aligned buffer to the device.  Unaligned pieces (the
+cache pages plus writeback later (BENCHMARKS.md, round 1).  Direct writes go from a reused, page-aligned
+buffer to the device.  Unaligned pieces (the
 tail of an image whose size is not a multiple of 4 KiB) and file systems that refuse O_DIRECT (tmpfs) use
 ordinary writes.
 
@@ -163,6 +163,15 @@ def open_target(path: str, size: int, *, force_overwrite: bool = False) -> Itera
         raise
 
 
+def _resize(fd: int, p: Path, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno in (errno.EFBIG, errno.EINVAL):  # beyond what this file system holds in one file
+            raise TargetInvalid(f"restore target {p} cannot hold {size} bytes: {exc.strerror}") from None
+        raise
+
+
 @contextlib.contextmanager
 def _new_file(p: Path, size: int) -> Iterator[Target]:
     if not p.parent.is_dir():
@@ -170,7 +179,7 @@ def _new_file(p: Path, size: int) -> Iterator[Target]:
     tmp = p.parent / f".{p.name}.vmbackup-{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.ftruncate(fd, size)
+        _resize(fd, p, size)
         t = Target(str(p), fd, size, needs_zeroing=False, direct_fd=_open_direct(tmp, fd))
         try:
             yield t
@@ -210,7 +219,7 @@ def _in_place(p: Path, size: int, *, force_overwrite: bool) -> Iterator[Target]:
                 raise TargetInvalid(f"restore target {p} holds {have} bytes, the image needs {size}")
         else:
             os.ftruncate(fd, 0)
-            os.ftruncate(fd, size)
+            _resize(fd, p, size)
         t = Target(str(p), fd, size, needs_zeroing=block, direct_fd=_open_direct(p, fd))
         try:
             yield t

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 
 from vmbackup.engine.archive import READ_THREADS, archive_key, meta_key, read_archive
 from vmbackup.engine.chunkstore import ChunkCorrupt, ChunkMissing, ChunkStore, ChunkUnreadable
@@ -19,7 +20,7 @@ def verify_normal(storage: Storage, backup_id: str, progress: Progress | None) -
     report = VerifyReport(backup_id)
     try:
         total = storage.size(archive_key(backup_id))
-    except ObjectMissing:
+    except (ObjectMissing, OSError):
         total = 0
 
     def on_map(realsize: int, extents: list[tuple[int, int]]) -> None:
@@ -30,7 +31,8 @@ def verify_normal(storage: Storage, backup_id: str, progress: Progress | None) -
 
     try:
         report.bytes_checked = read_archive(storage, backup_id, on_map, on_data, progress, READ_THREADS)
-        report.bytes_checked += storage.size(meta_key(backup_id))
+        with suppress(ObjectMissing, OSError):  # the meta was read (and checked) moments ago
+            report.bytes_checked += storage.size(meta_key(backup_id))
     except BackupDamaged as exc:
         report.problems.append(exc.message)
         report.bytes_checked = total

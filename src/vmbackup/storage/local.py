@@ -3,12 +3,13 @@
 Durability (the contract in storage/base.py): a writer writes `<dir>/.tmp-<name>-<random>`, fsyncs it,
 renames it over the final name and fsyncs the directory (and the parent of any directory it had to create),
 so after `open_writer` returns the object survives a power cut and a crash never exposes a partial object.
-A durable `delete` fsyncs the directory after the unlink; others leave that to the next fsync of it.
+A durable `delete` fsyncs the directory after the unlink; others leave that to the next fsync of it.  (Write-behind
+with sync_file_range was tried and slowed the writer: BENCHMARKS.md, round 1.)
 
 A `batch` (the chunk store's) keeps the same order per object, temporary -> fsync -> rename, but pays the
 fsyncs once per flush instead of twice per object: every put keeps its file open; `flush` fsyncs them (the
 first fsync commits the journal for all of them), renames them, and the directories are fsynced once when
-the batch ends: a third of the per-file cost of two fsyncs per file (BENCHMARKS.md, round 1).
+the batch ends: less than half the per-file cost of two fsyncs per file (BENCHMARKS.md, round 1).
 
 The store-wide lock is `flock` on `<root>/.lock`; flock locks belong to an open file description, so they
 also exclude threads of one process that open the lock separately.

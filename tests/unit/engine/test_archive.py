@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 from conftest import ImageFactory, MiB, overwrite
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from vmbackup.engine import Engine
 from vmbackup.engine.archive import archive_key
 from vmbackup.errors import BackupDamaged
-from vmbackup.storage import LocalStorage, Storage
+from vmbackup.storage import LocalStorage, MemoryStorage, Storage
 
 
 def test_normal_round_trip_to_new_file_is_identical_and_sparse(
@@ -324,3 +326,86 @@ def test_a_wrong_frame_index_or_extra_bytes_are_damage(storage: Storage, make_im
     storage.put(archive_key("n1"), storage.get(archive_key("n1")) + b"\0" * 10)
     report = eng.verify("n1")
     assert not report.ok and "unexpected data after the end" in report.problems[0]
+
+
+# -- hostile metas ------------------------------------------------------------------------------------------------
+
+_ODD = [None, True, -1, 0, 1, 2**62, 2**63, 10**30, 1.5, "", "x", "\x00", "0" * 64, [], [[1, 1]], [[0, 5]], {}]
+_FIELDS = ["format", "version", "backup_id", "created", "member_name", "logical_bytes", "data_bytes", "tar_bytes",
+           "tar_blake3", "archive_bytes", "stored_bytes", "source", "frames", "blake3"]  # fmt: skip
+
+
+def _hostile_meta_check(storage: Storage, tmp_path: Path, data: bytes, raw: bytes, signed: bool) -> None:
+    from vmbackup.engine.archive import meta_key
+    from vmbackup.errors import TargetInvalid
+
+    storage.put(meta_key("n1"), raw)
+    eng = Engine(storage)
+    report = eng.verify("n1")  # never raises: damage is a report
+    out = tmp_path / "hostile.out"
+    out.unlink(missing_ok=True)
+    eng.list()
+    if report.ok:  # only a change that means nothing: the very image
+        eng.restore("n1", str(out))
+        assert out.read_bytes() == data
+        return
+    assert report.problems[0].startswith("backup n1: "), report.problems
+    # A re-signed meta is one a forger (or a bug) wrote: its numbers may also be refused by the target.
+    with pytest.raises((BackupDamaged, TargetInvalid) if signed else BackupDamaged):
+        eng.restore("n1", str(out))
+    assert not out.exists()
+
+
+class _Backup(tuple[MemoryStorage, bytes, dict[str, object]]):
+    def __repr__(self) -> str:  # hypothesis shows a failing example's arguments: not 9 MiB of image
+        return "<backup n1>"
+
+
+@pytest.fixture
+def normal_backup(make_image: ImageFactory) -> tuple[MemoryStorage, bytes, dict[str, object]]:
+    storage = MemoryStorage()
+    img = _image_with_data(make_image, size=9 * MiB)
+    Engine(storage).take_normal("n1", str(img))
+    return _Backup((storage, img.read_bytes(), _meta(storage, "n1")))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    edits=st.lists(st.tuples(st.sampled_from(_FIELDS), st.sampled_from(_ODD) | st.integers()), min_size=1, max_size=3),
+    drop=st.lists(st.sampled_from(_FIELDS), max_size=2),
+    signed=st.booleans(),
+)
+@example(edits=[("logical_bytes", 2**62)], drop=[], signed=True)  # a size no file system holds
+@example(edits=[("frames", [[1, 1]] * 1000)], drop=[], signed=True)
+@example(edits=[("member_name", "other.img")], drop=["blake3"], signed=False)
+def test_hostile_metas_are_damage_never_a_crash(
+    normal_backup: tuple[MemoryStorage, bytes, dict[str, object]],
+    tmp_path: Path,
+    edits: list[tuple[str, object]],
+    drop: list[str],
+    signed: bool,
+) -> None:
+    """Fields replaced by values of any type and size, or dropped; `signed`: the checksum recomputed afterwards,
+    so the checks behind it (types, ranges, sizes adding up, the archive itself) are what must hold."""
+    import json
+
+    from vmbackup.engine.archive import meta_checksum
+
+    storage, data, good = normal_backup
+    meta = dict(good)
+    for name, value in edits:
+        meta[name] = value
+    for name in drop:
+        meta.pop(name, None)
+    if signed:
+        meta["blake3"] = meta_checksum(meta)
+    _hostile_meta_check(storage, tmp_path, data, json.dumps(meta).encode(), signed)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300) | st.integers(1, 100_000).map(lambda n: b"[" * n + b"]" * n))
+def test_hostile_bytes_as_a_meta_are_damage_never_a_crash(
+    normal_backup: tuple[MemoryStorage, bytes, dict[str, object]], tmp_path: Path, raw: bytes
+) -> None:
+    storage, data, _ = normal_backup
+    _hostile_meta_check(storage, tmp_path, data, raw, False)

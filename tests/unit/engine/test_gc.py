@@ -214,3 +214,37 @@ def test_gc_with_one_damaged_manifest_deletes_nothing_and_says_why(
     assert not storage.exists(PENDING_KEY)
     assert _chunk_ids(storage) == _referenced_by_the_json(storage)
     assert eng.verify("i2").ok
+
+
+@pytest.mark.parametrize("name", [b"\xff\xfe.json", b"new\nline.json", b"a b.json"])
+def test_a_stray_file_in_manifests_blocks_gc_without_breaking_it(
+    tmp_path: Path, make_image: ImageFactory, name: bytes
+) -> None:
+    """A file no backup wrote, with a name that is no storage key (not UTF-8, a newline, a space): collection
+    deletes nothing, and its reason is still a printable line."""
+    import os
+
+    from vmbackup.storage import LocalStorage
+
+    store = LocalStorage(tmp_path / "store")
+    eng = _shared_backups(store, make_image)
+    with open(os.path.join(os.fsencode(tmp_path / "store" / "manifests"), name), "wb") as f:
+        f.write(b"{}")
+    before = _chunk_ids(store)
+    eng.delete("i1")
+    assert eng.gc() == 0 and _chunk_ids(store) == before
+    why = store.get(PENDING_KEY).decode()
+    assert why.count("\n") == 1 and "nothing deleted" in why, why
+    assert [b.backup_id for b in eng.list()] == ["i2"]
+
+
+def test_recover_leaves_files_it_did_not_write_alone(tmp_path: Path, make_image: ImageFactory) -> None:
+    from vmbackup.storage import LocalStorage
+
+    store = LocalStorage(tmp_path / "store")
+    eng = Engine(store, chunk_size=64 * 1024)
+    eng.take_normal("n1", str(make_image()))
+    (tmp_path / "store" / "normal" / "not a backup.tar.zst").write_bytes(b"someone else's")
+    eng.recover()
+    assert (tmp_path / "store" / "normal" / "not a backup.tar.zst").exists()
+    assert eng.verify("n1").ok

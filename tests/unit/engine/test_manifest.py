@@ -260,16 +260,24 @@ def test_a_huge_manifest_is_refused_before_it_is_read(
     assert "more than the 100 a valid one can take" in report.problems[0] and reads == []
 
 
-def test_a_take_whose_manifest_would_be_too_large_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("limit", [400, 5000])
+def test_a_take_whose_manifest_would_be_too_large_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """400 bytes: refused before reading (100 chunks take 500 even as zeros); 5000: found while writing the
+    manifest (100 data chunks take ~6800), which then never appears."""
     from vmbackup.engine import manifest
     from vmbackup.errors import TargetInvalid
 
     storage = MemoryStorage()
-    _image(tmp_path / "a.img", [os.urandom(CS)] * 100)
-    monkeypatch.setattr(manifest, "MAX_BYTES", 5000)
+    _image(tmp_path / "a.img", [os.urandom(CS) for _ in range(100)])
+    monkeypatch.setattr(manifest, "MAX_BYTES", limit)
     with pytest.raises(TargetInvalid, match="use a larger chunk size"):
         Engine(storage, chunk_size=CS).take_incremental("i1", {"vda": str(tmp_path / "a.img")})
-    assert list(storage.list()) == []
+    assert not storage.exists(manifest_key("i1")) and Engine(storage).list() == []
+    assert storage.open_writers == 0
+    if limit == 400:
+        assert list(storage.list()) == []
 
 
 @pytest.mark.parametrize("key", ["", "a/b", "../x", "a b", "\x00", "x" * 65, ".hidden"])

@@ -247,3 +247,37 @@ def test_an_edited_version_3_meta_is_damage(storage: Storage, make_image: ImageF
     storage.put(meta_key("n1"), json.dumps(meta).encode())
     report = eng.verify("n1")
     assert "metadata normal/n1.meta.json is damaged: its content fails its BLAKE3 checksum" in report.problems[0]
+
+
+@pytest.mark.parametrize("kind", ["normal", "incremental"])
+def test_an_unreadable_object_is_damage_not_a_crash(
+    storage: Storage, make_image: ImageFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """An I/O error reading an archive or a chunk is reported like damage (and an unreadable chunk is not moved
+    aside: it may be a permission problem, not a bad file)."""
+    import errno
+    from collections.abc import Callable
+    from typing import Any
+
+    eng = Engine(storage, chunk_size=64 * 1024)
+    if kind == "normal":
+        eng.take_normal("b1", str(make_image()))
+        victim = archive_key("b1")
+    else:
+        eng.take_incremental("b1", {"vda": str(make_image())})
+        victim = _a_chunk(storage)
+    real = type(storage).read_once
+
+    def read_once(self: Storage, key: str, use: Callable[[memoryview], Any], *args: Any) -> Any:
+        if key == victim:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(self, key, use, *args)
+
+    monkeypatch.setattr(type(storage), "read_once", read_once)
+    report = eng.verify("b1")
+    assert not report.ok and "cannot be read (Input/output error)" in report.problems[0], report.problems
+    assert report.damaged_chunks == []
+    target = {"vda": str(tmp_path / "out.img")} if kind == "incremental" else str(tmp_path / "out.img")
+    with pytest.raises(BackupDamaged, match="cannot be read"):
+        eng.restore("b1", target)
+    assert not (tmp_path / "out.img").exists()
