@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ImageFactory, MiB
+from conftest import ImageFactory
 
 from vmbackup.engine import Engine
 from vmbackup.errors import BackupExists, BackupMissing, SourceMissing, StorageFull, TargetInvalid
@@ -93,4 +93,3 @@ def test_restore_target_refusals(storage: Storage, make_image: ImageFactory, tmp
         eng.restore("n1", str(tmp_path))
     with pytest.raises(TargetInvalid, match="no disk vdz"):
         eng.restore("i1", {"vdz": str(tmp_path / "x")})
-    assert MiB

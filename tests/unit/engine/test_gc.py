@@ -45,10 +45,14 @@ def test_delete_racing_a_take_that_shares_chunks_loses_no_chunk(
     eng = Engine(storage, chunk_size=16 * 1024, workers=2)
     for round_ in range(6):
         eng.take_incremental(f"old{round_}", {"vda": str(img)})
-        started = threading.Event()
+        started, deleted = threading.Event(), threading.Event()
 
-        def slow_progress(done: int, total: int, started: threading.Event = started) -> None:
+        def slow_progress(
+            done: int, total: int, started: threading.Event = started, deleted: threading.Event = deleted
+        ) -> None:
+            # Hold the take mid-way until the delete has run, so the two really overlap.
             started.set()
+            deleted.wait(30)
 
         errors: list[BaseException] = []
 
@@ -60,8 +64,10 @@ def test_delete_racing_a_take_that_shares_chunks_loses_no_chunk(
 
         t = threading.Thread(target=take)
         t.start()
-        started.wait(5)
+        assert started.wait(30), "the take never started"
         eng.delete(f"old{round_}")  # every chunk of old is also used by new
+        assert t.is_alive() and storage.exists(PENDING_KEY)  # collection deferred: the take holds the store
+        deleted.set()
         t.join()
         assert errors == []
         assert eng.verify(f"new{round_}").ok
