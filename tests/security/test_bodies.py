@@ -231,5 +231,7 @@ def test_deep_body_on_a_get_is_ignored_not_a_500(api):
         r = api.request("GET", "/transactions.json", content=raw, headers={"Content-Type": "application/json"})
         assert r.status_code == 200, r.text
         assert r.json() == []
-    r = api.request("GET", "/transactions.json", content=b'{"per_page": 1}', headers={"Content-Type": "application/json"})
+    r = api.request(
+        "GET", "/transactions.json", content=b'{"per_page": 1}', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 200

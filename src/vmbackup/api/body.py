@@ -16,6 +16,7 @@ from defusedxml.ElementTree import ParseError, fromstring
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from vmbackup.api import text
 from vmbackup.errors import Invalid
 
 MAX_DEPTH = 32
@@ -117,6 +118,25 @@ def unwrap(value: Any, root: str) -> dict[str, Any]:
     return inner
 
 
+def refuse_unstorable(attributes: dict[str, Any]) -> None:
+    """Refuse (422, naming each field) any text in the attributes, at any depth, that api/text.py says cannot be
+    stored. Only JSON can bring such text (as ``\\u0000`` escapes); the XML parser already refuses it."""
+    fields: dict[str, list[str]] = {}
+    stack: list[tuple[str, Any]] = [(str(k), v) for k, v in attributes.items()]
+    while stack:
+        where, value = stack.pop()
+        # A key is text too (echoed in error messages): named with the characters replaced.
+        message = text.refusal(where) or (text.refusal(value) if isinstance(value, str) else None)
+        if message:
+            fields.setdefault(text.scrub(where), []).append(message)
+        elif isinstance(value, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}.{i}", v) for i, v in enumerate(value))
+    if fields:
+        raise Invalid(fields=dict(sorted(fields.items())))
+
+
 def _messages(exc: ValidationError) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for err in exc.errors():
@@ -133,6 +153,7 @@ def _messages(exc: ValidationError) -> dict[str, list[str]]:
 
 def validate(model: type[M], data: dict[str, Any]) -> M:
     cleaned = {k: v for k, v in data.items() if k not in model.read_only}
+    refuse_unstorable(cleaned)  # after dropping what is ignored: an echoed read-only value is not the caller's
     try:
         return model.model_validate(cleaned)
     except ValidationError as exc:
@@ -161,9 +182,14 @@ def openapi_body(root: str, model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": wrapped}}}}
 
 
-async def read_lenient(request: Request, root: str) -> dict[str, Any]:
-    """The attributes under ``root`` if the body has them, else ``{}``: for actions whose body real clients send
-    empty, as ``{"backup": []}``, or left over from their previous request. Only unparseable bodies are refused."""
+async def read_lenient(request: Request, root: str, *names: str) -> dict[str, Any]:
+    """The attributes ``names`` under ``root`` if the body has them, else ``{}``: for actions whose body real
+    clients send empty, as ``{"backup": []}``, or left over from their previous request. Only unparseable bodies
+    and unstorable text in the attributes taken are refused; everything else in the body is ignored."""
     value = parse(await request.body(), request.headers.get("content-type", ""))
     inner = value.get(root) if isinstance(value, dict) else None
-    return inner if isinstance(inner, dict) else {}
+    if not isinstance(inner, dict):
+        return {}
+    taken = {name: inner[name] for name in names if name in inner}
+    refuse_unstorable(taken)
+    return taken

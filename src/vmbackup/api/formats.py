@@ -14,6 +14,8 @@ from xml.sax.saxutils import escape
 
 from starlette.responses import Response
 
+from vmbackup.api.text import scrub
+
 JSON_TYPE = "application/json; charset=utf-8"  # one real client compares this string byte for byte
 XML_TYPE = "application/xml; charset=utf-8"
 XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -74,7 +76,14 @@ def _xml_element(name: str, value: Any, tz: tzinfo, indent: int, out: list[str])
 def to_xml(root: str, value: Any, tz: tzinfo) -> bytes:
     out: list[str] = []
     _xml_element(root, value, tz, 0, out)
-    return (XML_HEAD + "\n".join(out) + "\n").encode()
+    return _well_formed(XML_HEAD + "\n".join(out) + "\n")
+
+
+def _well_formed(document: str) -> bytes:
+    # Text stored before api/text.py's characters were refused on input may hold some that XML 1.0 cannot carry:
+    # shown as U+FFFD rather than making the whole document unreadable. One pass over the finished document (only
+    # text can hold them) costs less than one per value.
+    return scrub(document).encode()
 
 
 def _response(fmt: str, xml_root: str, xml_value: Any, json_doc: Any, tz: tzinfo, status: int) -> Response:
@@ -124,6 +133,8 @@ def errors(
             else [f"{field} {msg}" for field, msgs in messages.items() for msg in msgs]
         )
         body = XML_HEAD + "<errors>\n" + "".join(f"  <error>{escape(m)}</error>\n" for m in flat) + "</errors>\n"
-        return Response(body.encode(), status_code=status, headers={"content-type": XML_TYPE, **(headers or {})})
-    body_json = json.dumps({"errors": messages}, ensure_ascii=False).encode()
+        return Response(_well_formed(body), status_code=status, headers={"content-type": XML_TYPE, **(headers or {})})
+    # Field names come from the request: a lone surrogate one (from a JSON escape) has no UTF-8 form. json.dumps
+    # escapes control characters itself, so only surrogates are left for scrub() to replace.
+    body_json = scrub(json.dumps({"errors": messages}, ensure_ascii=False)).encode()
     return Response(body_json, status_code=status, headers={"content-type": JSON_TYPE, **(headers or {})})

@@ -65,7 +65,6 @@ class ListingCache:
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
         self.hits = 0
-        self.fills = 0
 
     def version(self) -> tuple[int, int] | None:
         return self.clock.version()
@@ -108,7 +107,6 @@ class ListingCache:
             size,
         )
         self._bytes += size
-        self.fills += 1
         while self._bytes > self._max_bytes:
             self._drop(next(iter(self._entries)))
 

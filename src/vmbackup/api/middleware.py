@@ -5,6 +5,8 @@
 - ``//settings//disks/5/`` is routed as ``/settings/disks/5`` (the PHP wrapper sends doubled slashes).
 - Bodies larger than ``max_body_bytes`` are refused (422): with a Content-Length, before anything is read; chunked,
   as soon as reading passes the limit.
+- A path or query string holding a character no text of ours may hold (api/text.py: U+0000 and other controls) is
+  refused (422) before routing, for every route at once; bodies are checked field by field in api/body.py.
 
 It runs in front of FastAPI's own middleware (api/app.py ``Service``), so it raises nothing the framework would
 have to catch: a chunked body over the limit raises ``BodyTooLarge`` inside the handler that reads it.
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vmbackup.api import formats
+from vmbackup.api import formats, text
 from vmbackup.errors import Invalid
 
 _SUFFIX = re.compile(r"\.(json|xml)(?=/|$)")
@@ -71,6 +74,10 @@ class OnAppMiddleware:
         path, fmt = negotiate(scope["path"], accept.decode("latin-1"))
         scope = dict(scope, path=path, raw_path=path.encode())
         scope.setdefault("state", {})["fmt"] = fmt
+        refused = _unstorable_in_url(path, scope.get("query_string", b""))
+        if refused is not None:
+            await _answer(formats.errors(fmt, 422, refused), send)
+            return
         if not length.isdigit() or int(length) > self.max_body:
             await self._too_large(fmt, send)
             return
@@ -92,8 +99,28 @@ class OnAppMiddleware:
         await self.app(scope, limited_receive, send)
 
     async def _too_large(self, fmt: str, send: Send) -> None:
-        response = formats.errors(fmt, 422, [_too_large_message(self.max_body)])
-        await response({"type": "http"}, _no_receive, send)
+        await _answer(formats.errors(fmt, 422, [_too_large_message(self.max_body)]), send)
+
+
+def _unstorable_in_url(path: str, query: bytes) -> list[str] | dict[str, list[str]] | None:
+    """The error messages for a path (already percent-decoded by the server) or query string holding a character
+    api/text.py refuses, or None. A query parameter is named, as body fields are."""
+    char = text.unstorable(path)
+    if char:
+        return [f"The path {text.MESSAGE} ({char})"]
+    if not query:
+        return None
+    fields: dict[str, list[str]] = {}
+    # Decoded as Starlette decodes it for the handlers (UTF-8, bad bytes replaced), so both see the same text.
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        message = text.refusal(name) or text.refusal(value)
+        if message:
+            fields.setdefault(text.scrub(name) or "base", []).append(message)
+    return fields or None
+
+
+async def _answer(response: Any, send: Send) -> None:
+    await response({"type": "http"}, _no_receive, send)
 
 
 async def _no_receive() -> Any:

@@ -12,8 +12,15 @@ from vmbackup.api.presenters import BACKUP_FIELDS
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Name = Annotated[str, StringConstraints(max_length=255)]
+# Shorter columns (VARCHAR(64), VARCHAR(32)): PostgreSQL refuses a longer value, which was a 500 there.
+Name64 = Annotated[str, StringConstraints(max_length=64)]
+Name32 = Annotated[str, StringConstraints(max_length=32)]
+Email = Annotated[EmailStr, StringConstraints(max_length=255)]
+Zone = Annotated[str, StringConstraints(max_length=64)]
 Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
-Size = Annotated[int, Field(ge=0, le=2**40)]
+Size = Annotated[int, Field(ge=0, le=2**40)]  # for BIGINT columns
+# For INTEGER columns: PostgreSQL refuses a larger value ("integer out of range", a 500 found by fuzzing it).
+Amount = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Path = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=255)]
 Login = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.@+-]+$")]
@@ -36,37 +43,37 @@ class _TimeZone(InputModel):
 
 class UserCreate(_TimeZone):
     login: Login
-    email: EmailStr
+    email: Email
     password: Password
     first_name: Name | None = None
     last_name: Name | None = None
     role: Literal["user", "admin"] = "user"
-    time_zone: str = "UTC"
+    time_zone: Zone = "UTC"
 
 
 class UserUpdate(_TimeZone):
     read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"status", "roles", "locale", "api_key_set"}
     login: Login = unchanged()
-    email: EmailStr = unchanged()
+    email: Email = unchanged()
     password: Password = unchanged()
     first_name: Name | None = None
     last_name: Name | None = None
     role: Literal["user", "admin"] = unchanged()
-    time_zone: str = unchanged()
+    time_zone: Zone = unchanged()
 
 
 class TemplateCreate(InputModel):
     label: Label
     operating_system: Literal["linux", "windows", "freebsd"] = "linux"
-    operating_system_distro: Name | None = None
+    operating_system_distro: Name64 | None = None
     operating_system_arch: Literal["x64", "x86"] = "x64"
-    min_disk_size: Size = 1
-    min_memory_size: Size = 128
+    min_disk_size: Amount = 1
+    min_memory_size: Amount = 128
     allowed_swap: bool = True
     allowed_hot_migrate: bool = False
     allow_resize_without_reboot: bool = False
     file_name: Name | None = None
-    version: Name | None = None
+    version: Name32 | None = None
 
 
 class DataStoreCreate(InputModel):
@@ -83,8 +90,8 @@ class DataStoreUpdate(InputModel):
 
 class BackupServerCreate(InputModel):
     label: Label
-    ip_address: Name | None = None
-    backup_ip_address: Name | None = None
+    ip_address: Name64 | None = None
+    backup_ip_address: Name64 | None = None
     capacity: Size = 0
     enabled: bool = True
     storage_path: Path
@@ -93,8 +100,8 @@ class BackupServerCreate(InputModel):
 class BackupServerUpdate(InputModel):
     read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"backup_server_group_id"}
     label: Label = unchanged()
-    ip_address: Name | None = None
-    backup_ip_address: Name | None = None
+    ip_address: Name64 | None = None
+    backup_ip_address: Name64 | None = None
     capacity: Size = unchanged()
     enabled: bool = unchanged()
     storage_path: Path = unchanged()
@@ -140,7 +147,7 @@ class DiskCreate(InputModel):
     data_store_id: Id
     image_path: Path | None = None
     mount_point: Name | None = None
-    file_system: Name | None = None
+    file_system: Name32 | None = None
 
 
 class DiskUpdate(InputModel):
@@ -159,7 +166,7 @@ class DiskUpdate(InputModel):
     data_store_id: Id = unchanged()
     image_path: Path | None = None
     mount_point: Name | None = None
-    file_system: Name | None = None
+    file_system: Name32 | None = None
 
 
 class BackupNote(InputModel):

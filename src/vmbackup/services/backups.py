@@ -128,11 +128,18 @@ def new_incremental(
     return backup
 
 
+# backup_size is a BIGINT: a larger bound overflows the database driver (SQLite) or the column type (PostgreSQL).
+MAX_KB = 2**63 - 1
+
+
 def _number(name: str, value: str | None) -> int | None:
     if value in (None, ""):
         return None
     if not (value.isascii() and value.isdigit()):  # "³" is a digit to isdigit(), not to int()
         raise Invalid(fields={name: ["must be a whole number of kB"]})
+    # Length first: int() itself refuses more than 4,300 digits with a ValueError.
+    if len(value.lstrip("0")) > len(str(MAX_KB)) or int(value) > MAX_KB:
+        raise Invalid(fields={name: [f"must be at most {MAX_KB} kB"]})
     return int(value)
 
 
@@ -140,9 +147,11 @@ def _day(name: str, value: str | None, end: bool) -> datetime | None:
     if value in (None, ""):
         return None
     try:
-        day = date.fromisoformat(value)
+        day = date.fromisoformat(value)  # years 1 to 9999 only: "0000-01-01" and "99999-01-01" are refused here
     except ValueError:
         raise Invalid(fields={name: ["must be a date, YYYY-MM-DD"]}) from None
+    if end and day == date.max:
+        return None  # everything was created on or before 9999-12-31; the day after it does not exist
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start + timedelta(days=1) if end else start  # the end date is included
 

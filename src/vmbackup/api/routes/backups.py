@@ -73,7 +73,7 @@ def edit_vm_backup_note(
 
 
 async def note_of(request: Request) -> str | None:
-    note = (await read_lenient(request, ROOT)).get("note")
+    note = (await read_lenient(request, ROOT, "note")).get("note")
     return note if isinstance(note, str) else None
 
 
