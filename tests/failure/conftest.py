@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +19,7 @@ from tests.api_client import Api
 from tests.conftest import ADMIN
 from vmbackup.api.app import create_app
 from vmbackup.config import Settings, load_settings
+from vmbackup.engine import Engine
 
 MiB = 1 << 20
 
@@ -100,7 +104,58 @@ def running_service(settings: Settings) -> Iterator[Service]:
         app.state.engine.dispose()
 
 
+@contextmanager
+def on_small_tmpfs(mount: Path, size: str) -> Iterator[None]:
+    """``mount`` on a tmpfs of ``size`` (e.g. "48m") for the block; skipped where mounting is not allowed."""
+    mount.mkdir(parents=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
 @pytest.fixture
 def service(tmp_path: Path, sqlite_template: Path) -> Iterator[Service]:
     with running_service(make_settings(tmp_path)) as s:
         yield s
+
+
+class Gate:
+    """Wraps engine methods: counts calls; the first call waits until ``released``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def hold_next(self) -> None:
+        """Hold the next call (the first after this) until ``released`` is set again."""
+        self.calls, self.released = 0, threading.Event()
+        self.entered.clear()
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            with self.lock:
+                self.calls += 1
+                first = self.calls == 1
+            if first:
+                self.entered.set()
+                assert self.released.wait(120), "gate never released"
+            return fn(*args, **kw)
+
+        return wrapper
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    g = Gate()
+    for name in ("take_normal", "take_incremental", "restore"):
+        monkeypatch.setattr(Engine, name, g.wrap(getattr(Engine, name)))
+    yield g
+    g.released.set()

@@ -19,11 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.failure.conftest import MiB, Service, make_settings, running_service, wait_for
+from tests.failure.conftest import Gate, MiB, Service, make_settings, running_service, wait_for
 from tests.images import write_image
 from vmbackup.db.models import Backup, Transaction, User
 from vmbackup.db.queries import transactions as q
-from vmbackup.engine import Engine
 from vmbackup.errors import Conflict
 from vmbackup.services import actions
 
@@ -116,31 +115,6 @@ def test_two_transactions_sharing_one_key_of_several_are_never_both_claimed(svc:
             assert not q.claim(db, loser, [f"backup:{round_}"], "test", 0, datetime.now(UTC))
 
 
-class Gate:
-    """Holds the first call of an engine method until released."""
-
-    def __init__(self) -> None:
-        self.entered, self.released = threading.Event(), threading.Event()
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kw: Any) -> Any:
-            if not self.entered.is_set():
-                self.entered.set()
-                assert self.released.wait(120), "gate never released"
-            return fn(*args, **kw)
-
-        return wrapper
-
-
-@pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    g = Gate()
-    for name in ("take_normal", "restore"):
-        monkeypatch.setattr(Engine, name, g.wrap(getattr(Engine, name)))
-    yield g
-    g.released.set()
-
-
 def _refused_while_running(s: Service, vm: dict[str, Any], disk: dict[str, Any], tmp_path: Path) -> None:
     api = s.api
     other = api.user("bob")
@@ -161,8 +135,7 @@ def test_a_running_take_holds_its_vm_and_disk(svc: Service, gate: Gate, tmp_path
     s = svc
     gate.released.set()
     vm, disk, _ = _vm_with_backup(s, tmp_path)
-    gate.entered.clear()
-    gate.released.clear()
+    gate.hold_next()
     running = s.take_normal(disk["id"])
     assert gate.entered.wait(120)
     _refused_while_running(s, vm, disk, tmp_path)
@@ -177,8 +150,7 @@ def test_a_running_restore_keeps_its_vm_from_changing_hands(svc: Service, gate: 
     s = svc
     gate.released.set()
     vm, disk, backup = _vm_with_backup(s, tmp_path)
-    gate.entered.clear()
-    gate.released.clear()
+    gate.hold_next()
     s.restore(backup["id"])
     assert gate.entered.wait(120)
     _refused_while_running(s, vm, disk, tmp_path)
@@ -192,8 +164,7 @@ def test_a_take_ended_by_recovery_while_its_worker_stalled_is_never_built(
     s = svc
     gate.released.set()
     _, disk, _ = _vm_with_backup(s, tmp_path)
-    gate.entered.clear()
-    gate.released.clear()
+    gate.hold_next()
     stalled = s.take_normal(disk["id"])
     assert gate.entered.wait(120)
     tx_id = s.tx_of(stalled["id"])["id"]

@@ -13,50 +13,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.failure.conftest import MiB, Service, sha, wait_for
+from tests.failure.conftest import Gate, MiB, Service, sha, wait_for
 from tests.images import write_image
 from vmbackup.db.models import Transaction
 from vmbackup.engine import Engine, gc
 from vmbackup.engine.chunkstore import ChunkWriter
 from vmbackup.engine.manifest import decode
 from vmbackup.storage.local import LocalStorage
-
-
-class Gate:
-    """Wraps engine methods: counts calls; the first call waits until ``released``."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.calls = 0
-        self.entered = threading.Event()
-        self.released = threading.Event()
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kw: Any) -> Any:
-            with self.lock:
-                self.calls += 1
-                first = self.calls == 1
-            if first:
-                self.entered.set()
-                assert self.released.wait(120), "gate never released"
-            return fn(*args, **kw)
-
-        return wrapper
-
-
-@pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    g = Gate()
-    for name in ("take_normal", "take_incremental", "restore"):
-        monkeypatch.setattr(Engine, name, g.wrap(getattr(Engine, name)))
-    yield g
-    g.released.set()
 
 
 def _span(s: Service, tx: dict[str, Any]) -> tuple[Any, Any]:
@@ -110,8 +78,7 @@ def test_restore_waits_for_a_running_backup(service: Service, gate: Gate, tmp_pa
     assert s.done(older["id"])["status"] == "complete"
     with open(image, "r+b") as f:
         f.write(os.urandom(MiB))
-    gate.calls, gate.released = 0, threading.Event()  # hold the next call
-    gate.entered.clear()
+    gate.hold_next()
     running = s.take_normal(disk["id"])
     assert gate.entered.wait(120)
     s.restore(older["id"])

@@ -7,15 +7,13 @@ bare 500; reads go on working; nothing committed before is lost; once space is f
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.failure.conftest import Service, make_settings, running_service
+from tests.failure.conftest import Service, make_settings, on_small_tmpfs, running_service
 
 SIZE = "8m"
 REASON = "The service's data directory is full (No space left on device): nothing was changed."
@@ -23,20 +21,10 @@ REASON = "The service's data directory is full (No space left on device): nothin
 
 @pytest.fixture
 def small_data_dir(tmp_path: Path) -> Iterator[Service]:
-    # As tests/failure/test_full_storage.py mounts its storage; here the mount holds the SQLite file itself.
+    # The mount holds the SQLite file itself.
     settings = make_settings(tmp_path, worker="external")
-    mount = settings.data_dir
-    mount.mkdir(parents=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mount)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.decode().strip()}")
-    try:
-        with running_service(settings) as s:
-            yield s
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+    with on_small_tmpfs(settings.data_dir, SIZE), running_service(settings) as s:
+        yield s
 
 
 def _fill(directory: Path) -> Path:

@@ -8,13 +8,12 @@ given back (free space returns to what it was before it), for a normal and an in
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.failure.conftest import MiB, Service, make_settings, running_service, sha
+from tests.failure.conftest import MiB, Service, make_settings, on_small_tmpfs, running_service, sha
 from tests.images import write_image
 from vmbackup.engine import Engine
 from vmbackup.storage.local import LocalStorage
@@ -25,18 +24,8 @@ SIZE = "48m"
 @pytest.fixture
 def small_storage(tmp_path: Path, sqlite_template: Path) -> Iterator[Service]:
     settings = make_settings(tmp_path)
-    mount = settings.storage_dir
-    mount.mkdir(parents=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mount)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.decode().strip()}")
-    try:
-        with running_service(settings) as s:
-            yield s
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+    with on_small_tmpfs(settings.storage_dir, SIZE), running_service(settings) as s:
+        yield s
 
 
 def _free(path: Path) -> int:
