@@ -71,24 +71,21 @@ class TxLog:
             return out
 
 
-def _write(sessions: Sessions, tx_id: int, **values: object) -> None:
+def _write(sessions: Sessions, tx_id: int, *, release: bool = False, **values: object) -> None:
+    """Update the transaction; with ``release`` also give up its lock keys, in the same database transaction."""
     with sessions() as db:
         tx = db.get(Transaction, tx_id)
         if tx is not None:
             for key, value in values.items():
                 setattr(tx, key, value)
-            db.commit()
+        if release:
+            q.release_locks(db, tx_id)
+        db.commit()
 
 
 def _finish(sessions: Sessions, tx_id: int, **values: object) -> None:
-    """Record the outcome and give up the transaction's lock keys, in one database transaction."""
-    with sessions() as db:
-        tx = db.get(Transaction, tx_id)
-        if tx is not None:
-            for key, value in values.items():
-                setattr(tx, key, value)
-        q.release_locks(db, tx_id)
-        db.commit()
+    """Record the outcome and give up the transaction's lock keys at once."""
+    _write(sessions, tx_id, release=True, **values)
 
 
 def _heartbeat(sessions: Sessions, tx_id: int, txlog: TxLog, stop: threading.Event) -> None:
