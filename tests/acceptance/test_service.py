@@ -30,10 +30,11 @@ def _free_port() -> int:
 
 
 def _answers(port: int) -> bool:
+    """An HTTP answer, not only an accepted connection: `serve` listens before it has built the service (so a
+    busy port fails before anything runs), and the kernel queues connections until uvicorn takes them."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
+        return httpx.get(f"http://127.0.0.1:{port}/version.json", timeout=2).status_code in (200, 401)
+    except httpx.HTTPError:
         return False
 
 
@@ -54,8 +55,7 @@ def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        # Ready means answering: uvicorn logs "Application startup complete" before it binds the port, so a log
-        # line is not enough on a loaded machine.
+        # Ready means answering HTTP: neither a log line nor an open port says the service is built.
         deadline = time.monotonic() + 30
         while not _answers(port):
             assert proc.poll() is None, log.read_text()

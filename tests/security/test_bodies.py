@@ -211,7 +211,9 @@ def test_hostile_json_at_the_size_limit_is_judged_in_well_under_a_second(shape):
     except subprocess.TimeoutExpired:
         pytest.fail(f"parsing a {len(raw)}-byte body ({shape}) took over 60 s")
     seconds = float(done.stdout)
-    assert seconds < 1.0, f"{shape}: {seconds:.2f} s"  # ~0.1 s at worst on a busy 2-core machine
+    # ~0.1 s idle, 1.07 s once beside the parallel suite on a loaded 2-core machine; the quadratic check took
+    # 20 s at 60 KB and most of an hour at this size, so 5 s keeps a wide margin on both sides.
+    assert seconds < 5.0, f"{shape}: {seconds:.2f} s"
 
 
 def test_hostile_json_is_refused_without_stalling_the_service(api):
@@ -221,7 +223,7 @@ def test_hostile_json_is_refused_without_stalling_the_service(api):
     elapsed = time.monotonic() - start
     assert r.status_code == 422
     assert r.json() == {"errors": ["Body nested deeper than 32 levels"]}
-    assert elapsed < 1.0, elapsed  # was 20 s
+    assert elapsed < 5.0, elapsed  # was 20 s; ~0.1 s now
 
 
 def test_deep_body_on_a_get_is_ignored_not_a_500(api):

@@ -199,4 +199,6 @@ def test_a_nul_byte_in_image_path_with_roots_is_422(api_with_roots, roots):
         f"/virtual_machines/{vm}/disks.json",
         {"disk": {"label": "d", "disk_size": 1, "data_store_id": ds, "image_path": bad}},
     )
-    assert r.status_code == 422 and "NUL byte" in r.json()["errors"]["image_path"][0], r.text
+    # Refused by the body reader's rule for text no database can hold (api/text.py), before the service's own
+    # check of image paths (which the unit test above covers); either way a 422 on the field, not a 500.
+    assert r.status_code == 422 and "U+0000" in r.json()["errors"]["image_path"][0], r.text

@@ -101,7 +101,8 @@ def test_a_suspended_account_with_an_api_key_is_refused_while_throttled(app, api
     assert client.get("/version.json", auth=("alice", key)).status_code == 429
 
 
-def test_a_suspended_account_answers_as_slowly_as_a_wrong_password(app, api):
+@pytest.mark.slow  # a timing measurement: noisy beside the parallel suite; test_every_refusal_runs_one_password_hash
+def test_a_suspended_account_answers_as_slowly_as_a_wrong_password(app, api):  # guards the same in the default run
     alice = api.user("alice")
     _set_status(app, alice["id"], "suspended")
     # Throttling would answer 429 (without hashing) after 10 failures: off for this measurement.
