@@ -168,7 +168,7 @@ def test_a_take_ended_by_recovery_while_its_worker_stalled_is_never_built(
     stalled = s.take_normal(disk["id"])
     assert gate.entered.wait(120)
     tx_id = s.tx_of(stalled["id"])["id"]
-    with s.app.state.sessions() as db:  # what `executor.recover` does to a transaction whose heartbeat went stale
+    with s.app.state.sessions() as db:  # what `execution.recover` does to a transaction whose heartbeat went stale
         tx = db.get(Transaction, tx_id)
         tx.status = "failed"
         q.release_locks(db, tx_id)

@@ -1,7 +1,7 @@
 """kill -9 of a real `vmbackup worker` at many chosen points of a normal backup, an incremental backup, a restore and
 a delete (tests/failure/faults.py forks the worker with a fault hook armed).
 
-After each kill, recovery runs exactly as at worker start (`executor.recover(..., clean_storage=True)`), then:
+After each kill, recovery runs exactly as at worker start (`execution.recover(..., clean_storage=True)`), then:
 the interrupted transaction is `failed` with the reason; the VM and every backup are unlocked; no backup is `built`
 over incomplete data (every built backup verifies); every backup built before still verifies and restores byte for
 byte; storage holds exactly the built backups (no `.tmp-*`, no orphan archive, manifest or meta); a killed delete
@@ -27,8 +27,8 @@ from tests.images import MiB, write_image
 from vmbackup.api.app import create_app
 from vmbackup.config import load_settings
 from vmbackup.engine import Engine
-from vmbackup.jobs import executor
 from vmbackup.jobs.worker import Worker
+from vmbackup.services import execution
 from vmbackup.storage.local import LocalStorage
 
 A_SIZE = 36 * MiB  # random: 288 chunks of 128 KiB, so an incremental crosses a 256-chunk flush
@@ -172,7 +172,7 @@ class World:
         assert fired, f"{op} {fault}: the transaction ended before the fault point ({self.tx(tx_id)['status']})"
         self.figures["fired"] += 1
         assert self.tx(tx_id)["status"] == "running"  # what the dead worker left
-        recovered = executor.recover(self.sessions, clean_storage=True)  # what a worker does at start
+        recovered = execution.recover(self.sessions, clean_storage=True)  # what a worker does at start
         assert tx_id in recovered
         return b, tx_id
 

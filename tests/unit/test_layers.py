@@ -33,9 +33,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("vmbackup.api.app", "vmbackup.jobs.queue"): "issue 10: to move (composition: in-process worker)",
     ("vmbackup.api.app", "vmbackup.jobs.scheduler"): "issue 10: to move (composition: in-process scheduler)",
     ("vmbackup.api.app", "vmbackup.jobs.worker"): "issue 10: to move (composition: in-process worker)",
-    # api/deps.py holds auth policy (user lookup by login or email, throttle, then verify): issue 10: to move into
-    # services/auth.py, leaving deps to parse the header and call one service.
-    ("vmbackup.api.deps", "vmbackup.db.queries.users"): "issue 10: to move (auth policy into services/auth.py)",
     # The request context wakes the worker after a commit. Issue 10: to move: the JobQueue protocol belongs to
     # services (actions queue work), jobs implementing it.
     ("vmbackup.api.deps", "vmbackup.jobs.queue"): "issue 10: to move (JobQueue protocol into services)",
@@ -47,11 +44,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     # `vmbackup migrate` and `worker` open and migrate the database. Issue 10: to move into services/bootstrap.py.
     ("vmbackup.cli.main", "vmbackup.db.migrate"): "issue 10: to move (migrate through services/bootstrap.py)",
     ("vmbackup.cli.main", "vmbackup.db.session"): "issue 10: to move (open the database through services)",
-    # The worker claims, heart-beats and finishes transaction rows itself. Issue 10: to move into
-    # services/transactions.py, the worker keeping only the loop and the threads.
-    ("vmbackup.jobs.executor", "vmbackup.db.queries.common"): "issue 10: to move (transaction claims into services)",
-    ("vmbackup.jobs.executor", "vmbackup.db.queries.transactions"): "issue 10: to move (into services)",
-    ("vmbackup.jobs.worker", "vmbackup.db.queries.transactions"): "issue 10: to move (into services)",
 }
 
 

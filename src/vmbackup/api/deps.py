@@ -17,11 +17,10 @@ from starlette.responses import Response
 
 from vmbackup.api import formats
 from vmbackup.db.models import Transaction, User
-from vmbackup.db.queries import users as user_queries
-from vmbackup.errors import TooManyAttempts, Unauthorized
+from vmbackup.errors import Unauthorized
 from vmbackup.jobs.queue import JobQueue
 from vmbackup.services.access import require_admin
-from vmbackup.services.auth import Authenticator, LoginThrottle
+from vmbackup.services.auth import Authenticator, sign_in
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -62,48 +61,11 @@ def _client_address(request: Request) -> str:
 
 
 def authenticate(request: Request, db: Session) -> User:
-    """The caller named by the Basic credentials, or Unauthorized / TooManyAttempts.
-
-    Every refusal after the throttle costs one password check, whatever the reason: an unknown login checks a
-    dummy hash, and an account that is not active (suspended, locked) has its secret checked like any other before
-    it is refused, so neither answers faster than a wrong password for an active account (a timing oracle that
-    told which logins exist and which are suspended)."""
+    """The caller named by the Basic credentials (services/auth.py `sign_in` decides), or Unauthorized."""
     login, secret = _credentials(request)
-    auth: Authenticator = request.app.state.auth
-    throttle: LoginThrottle = request.app.state.throttle
-    clock = request.app.state.changes
-    version = clock.version() if clock is not None else None  # read before the row, see ChangeClock
-    known = auth.recall(login, secret, version)
-    if known is not None and not throttle.retry_after(f"user:{known.id}", f"ip:{_client_address(request)}"):
-        if not _active(known):
-            throttle.failed(f"user:{known.id}", f"ip:{_client_address(request)}")
-            raise Unauthorized()
-        # Verified under this same clock reading: no user row has changed since, so no query (merge, no load).
-        return db.merge(known, load=False)
-    # No stored login or email holds a NUL (logins are [A-Za-z0-9_.@+-], emails validated), and PostgreSQL cannot
-    # even compare one: such a name is unknown without asking the database.
-    user = user_queries.by_login_or_email(db, login) if "\0" not in login else None
-    # Per account (whether named by login or email), else per name tried; and per client address.
-    keys = (f"user:{user.id}" if user else f"login:{login.casefold()}", f"ip:{_client_address(request)}")
-    wait = throttle.retry_after(*keys)
-    if wait:
-        # Throttled: no password is checked (not even against the cache), only an API key, which cannot be guessed.
-        if user is not None and _active(user) and auth.is_api_key(user, secret):
-            return user
-        raise TooManyAttempts(wait)
-    if user is None:
-        auth.burn()
-        throttle.failed(*keys)
-        raise Unauthorized()
-    verified = auth.check(user, login, secret, version)  # also for an inactive account: the same cost
-    if not verified or not _active(user):
-        throttle.failed(*keys)
-        raise Unauthorized()
-    return user
+    state = request.app.state
+    return sign_in(db, state.auth, state.throttle, state.changes, login, secret, _client_address(request))
 
-
-def _active(user: User) -> bool:
-    return user.status == "active"
 
 
 @dataclass

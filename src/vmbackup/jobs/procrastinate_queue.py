@@ -1,6 +1,6 @@
 """Job delivery on PostgreSQL through procrastinate: the queue only says "run transaction N".
 
-The transaction row stays the single record of what happened (`executor.execute` claims it, heartbeats it and
+The transaction row stays the single record of what happened (`execution.execute` claims it, heartbeats it and
 records the outcome); procrastinate adds delivery to any number of worker processes, one job at a time per lock
 key (``lock=tx.lock_key``: the first of the transaction's keys, e.g. ``vm:7``; the claim then takes all of them),
 no duplicate waiting job per transaction (``queueing_lock``), worker heartbeats, and a periodic maintenance task.
@@ -9,11 +9,11 @@ Two sides:
 - `ProcrastinateQueue` (API processes, and the maintenance task): defers jobs synchronously through our own
   SQLAlchemy engine's connections, so an API process opens no second pool and needs no event loop.
 - `ProcrastinateRunner` (``vmbackup serve`` with ``VMBACKUP_WORKER=inprocess``, and ``vmbackup worker``): runs a
-  procrastinate worker (async, its own psycopg pool) whose tasks call `executor.execute`.
+  procrastinate worker (async, its own psycopg pool) whose tasks call `execution.execute`.
 
 What a crash leaves behind, and who cleans it (`maintain`, every `MAINTENANCE_CRON`, in one worker at a time):
 
-- a transaction ``running`` under a dead worker: `executor.recover` marks it failed with the reason in its log;
+- a transaction ``running`` under a dead worker: `execution.recover` marks it failed with the reason in its log;
 - that worker's procrastinate job, stuck in ``doing`` and holding the VM's lock: finished as failed once its
   transaction is no longer running (re-delivered instead if the transaction was never claimed);
 - a transaction ``pending`` with no waiting or running job (queued outside the API, crash between commit and
@@ -38,8 +38,8 @@ from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup.db.models import Transaction
-from vmbackup.jobs import executor
 from vmbackup.jobs.scheduler import Scheduler
+from vmbackup.services import execution
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +172,13 @@ async def maintain(app: App, sessions: Sessions, queue: ProcrastinateQueue) -> d
 
     Returns what it did: recovered transaction ids, finished and re-delivered job ids, re-deferred transaction ids."""
     done: dict[str, list[int]] = {"recovered": [], "finished_jobs": [], "retried_jobs": [], "redeferred": []}
-    done["recovered"] = await asyncio.to_thread(executor.recover, sessions)
+    done["recovered"] = await asyncio.to_thread(execution.recover, sessions)
     manager = app.job_manager
     for job in await manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_WORKER_SECONDS):
         assert job.id is not None
         status = await asyncio.to_thread(_tx_status, sessions, job.task_kwargs) if job.task_name == TASK else None
         if status == "running":
-            continue  # our heartbeat is the judge: `executor.recover` fails it once it is stale, next round
+            continue  # our heartbeat is the judge: `execution.recover` fails it once it is stale, next round
         if status == "pending":  # the worker died before claiming it: deliver it again
             await manager.retry_job(job)
             done["retried_jobs"].append(job.id)
@@ -209,7 +209,7 @@ def build_app(
         status = _tx_status(sessions, {"transaction_id": transaction_id, "identifier": identifier})
         if status != "pending":
             return status  # already run, cancelled, or a job from a former life of the database: nothing to do
-        result = executor.execute(sessions, transaction_id)
+        result = execution.execute(sessions, transaction_id)
         if result is None and _tx_status(sessions, {"transaction_id": transaction_id}) == "pending":
             raise NotClaimed(f"transaction {transaction_id} could not be claimed yet")
         return result
@@ -264,7 +264,7 @@ class ProcrastinateRunner:
         self.concurrency = concurrency
         self.queue = ProcrastinateQueue(engine)
         self.app = build_app(database_url, sessions, self.queue, max_pool=concurrency + 3, scheduler=scheduler)
-        self.me = executor.worker_id()
+        self.me = execution.worker_id()
         self.worker_options = worker_options
         self._worker: ProcrastinateWorker | None = None
         self._stopping = False
@@ -274,7 +274,7 @@ class ProcrastinateRunner:
     def recover(self) -> None:
         """Before taking jobs: fail what a killed worker left running and clear its temporary files. Synchronous, so
         that no recovery thread outlives a worker stopped right after its start (and the engine it uses)."""
-        executor.recover(self.sessions, clean_storage=True)
+        execution.recover(self.sessions, clean_storage=True)
 
     async def run(self, *, wait: bool = True, install_signal_handlers: bool = False) -> None:
         """Take jobs until stopped (or, with ``wait=False``, until none can start)."""

@@ -14,8 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup.db.models import Transaction
-from vmbackup.db.queries import transactions as q
-from vmbackup.jobs import executor
+from vmbackup.services import execution
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ class Worker:
         self.sessions = sessions
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
-        self.me = executor.worker_id()
+        self.me = execution.worker_id()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmbackup-tx")
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -35,7 +34,7 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        executor.recover(self.sessions, clean_storage=True)
+        execution.recover(self.sessions, clean_storage=True)
         self._thread = threading.Thread(target=self._loop, name="vmbackup-worker", daemon=True)
         self._thread.start()
 
@@ -61,7 +60,7 @@ class Worker:
                 self.run_pending()
                 since_recovery += self.poll_seconds
                 if since_recovery >= RECOVERY_EVERY_SECONDS:
-                    executor.recover(self.sessions)
+                    execution.recover(self.sessions)
                     since_recovery = 0.0
             except Exception:  # keep polling through database restarts; the failure is logged
                 log.exception("worker loop error")
@@ -75,8 +74,8 @@ class Worker:
         if free <= 0:
             return 0
         with self.sessions() as db:
-            busy = q.busy_lock_keys(db) | {key for keys, _ in self._inflight.values() for key in keys}
-            candidates = [(tx.id, list(tx.lock_keys)) for tx in q.pending(db)]
+            busy = execution.busy_lock_keys(db) | {key for keys, _ in self._inflight.values() for key in keys}
+            candidates = [(tx.id, list(tx.lock_keys)) for tx in execution.pending(db)]
         started = 0
         for tx_id, lock_keys in candidates:
             if started >= free:
@@ -91,7 +90,7 @@ class Worker:
 
     def _run(self, tx_id: int) -> str | None:
         try:
-            return executor.execute(self.sessions, tx_id, self.me)
+            return execution.execute(self.sessions, tx_id, self.me)
         finally:
             self._wake.set()  # a finished transaction may unblock one waiting on its lock key
 
@@ -105,7 +104,7 @@ class Worker:
             for _, future in list(self._inflight.values()):
                 future.result(timeout=max(0.0, deadline - time.monotonic()))
             with self.sessions() as db:
-                if not q.pending(db, limit=1) and not self._inflight_running():
+                if not execution.pending(db, limit=1) and not self._inflight_running():
                     return
             time.sleep(0.01)
         raise TimeoutError("transactions still pending")

@@ -31,9 +31,11 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import inspect
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from vmbackup.db.models import User
+from vmbackup.db.queries import users as user_queries
+from vmbackup.errors import TooManyAttempts, Unauthorized
 
 
 def hash_api_key(key: str) -> str:
@@ -195,3 +197,53 @@ class LoginThrottle:
     def _expire(self, times: deque[float], now: float) -> None:
         while times and times[0] <= now - self._window:
             times.popleft()
+
+
+def sign_in(
+    db: Session,
+    auth: Authenticator,
+    throttle: LoginThrottle,
+    clock: Any,
+    login: str,
+    secret: str,
+    client: str,
+) -> User:
+    """The user ``login`` and ``secret`` (a password or API key) name, from ``client``, or Unauthorized /
+    TooManyAttempts. ``clock``: the change clock (db/changes.py), or None.
+
+    Every refusal after the throttle costs one password check, whatever the reason: an unknown login checks a
+    dummy hash, and an account that is not active (suspended, locked) has its secret checked like any other before
+    it is refused, so neither answers faster than a wrong password for an active account (a timing oracle that
+    told which logins exist and which are suspended)."""
+    version = clock.version() if clock is not None else None  # read before the row, see ChangeClock
+    known = auth.recall(login, secret, version)
+    if known is not None and not throttle.retry_after(f"user:{known.id}", f"ip:{client}"):
+        if not _active(known):
+            throttle.failed(f"user:{known.id}", f"ip:{client}")
+            raise Unauthorized()
+        # Verified under this same clock reading: no user row has changed since, so no query (merge, no load).
+        return db.merge(known, load=False)
+    # No stored login or email holds a NUL (logins are [A-Za-z0-9_.@+-], emails validated), and PostgreSQL cannot
+    # even compare one: such a name is unknown without asking the database.
+    user = user_queries.by_login_or_email(db, login) if "\0" not in login else None
+    # Per account (whether named by login or email), else per name tried; and per client address.
+    keys = (f"user:{user.id}" if user else f"login:{login.casefold()}", f"ip:{client}")
+    wait = throttle.retry_after(*keys)
+    if wait:
+        # Throttled: no password is checked (not even against the cache), only an API key, which cannot be guessed.
+        if user is not None and _active(user) and auth.is_api_key(user, secret):
+            return user
+        raise TooManyAttempts(wait)
+    if user is None:
+        auth.burn()
+        throttle.failed(*keys)
+        raise Unauthorized()
+    verified = auth.check(user, login, secret, version)  # also for an inactive account: the same cost
+    if not verified or not _active(user):
+        throttle.failed(*keys)
+        raise Unauthorized()
+    return user
+
+
+def _active(user: User) -> bool:
+    return user.status == "active"

@@ -93,7 +93,7 @@ def _mark_built(sessions: Sessions, backup_id: int, stats: Stats, tx_id: int) ->
         assert backup is not None
         tx = db.get(Transaction, tx_id)
         if tx is None or tx.status != "running":
-            # Recovered as failed while this worker was stalled (`executor.recover`): its locks are released and
+            # Recovered as failed while this worker was stalled (`execution.recover`): its locks are released and
             # its data may be removed by now, so it must not become built.
             raise Conflict(f"transaction {tx_id} was ended by recovery while it ran; the backup is not built")
         backup.built, backup.built_at, backup.locked = True, _now(), False

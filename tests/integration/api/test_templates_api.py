@@ -9,8 +9,7 @@ from tests.images import MiB, write_image
 from tests.integration.api.helpers import make_backup, wait_idle
 from vmbackup.db.models import Backup, BackupServer, ImageTemplate
 from vmbackup.errors import BackupMissing
-from vmbackup.jobs import executor
-from vmbackup.services import tasks, template_tasks
+from vmbackup.services import execution, tasks, template_tasks
 
 
 @pytest.fixture
@@ -103,7 +102,7 @@ def test_a_template_still_being_made_or_being_deleted_is_refused(app, api, alice
 
 def _run_destroy(app, api):
     [tx] = [t for t in _destroy_txs(api) if t["status"] == "pending"]
-    return executor.execute(app.state.sessions, tx["id"])
+    return execution.execute(app.state.sessions, tx["id"])
 
 
 def test_a_vm_made_from_the_template_after_the_delete_was_asked_keeps_it(app, api, alice):

@@ -195,4 +195,14 @@ def recover(sessions: Sessions, *, clean_storage: bool = False) -> list[int]:
     return recovered
 
 
-__all__ = ["Backup", "execute", "recover", "worker_id"]
+def pending(db: Session, limit: int = 50) -> list[Transaction]:
+    """What is waiting to run, in the order it should start (the polling worker's queue)."""
+    return q.pending(db, limit)
+
+
+def busy_lock_keys(db: Session) -> set[str]:
+    """Lock keys held now by running transactions (and by API changes being committed)."""
+    return q.busy_lock_keys(db)
+
+
+__all__ = ["Backup", "busy_lock_keys", "execute", "pending", "recover", "worker_id"]
