@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/mutation.py                    # every target below (about 1-2 hours on 2 cores)
     .venv/bin/python tools/mutation.py engine.manifest    # one or more targets by name
+    .venv/bin/python tools/mutation.py --only survivors services.actions   # after a new test: rerun the survivors
 
 Why a script and not one ``[tool.mutmut]`` section: mutmut reads its configuration from ``pyproject.toml`` in the
 directory it runs in, and one test selection for all modules would make every mutant of ``api/formats.py`` run
@@ -65,7 +66,7 @@ TARGETS: dict[str, Target] = {
     "api.deps": Target(
         "vmbackup/api/deps.py",
         ("tests/security/test_inactive_accounts.py", "tests/security/test_login_throttle.py"),
-        functions=("x_authenticate", "x__active", "x__credentials", "x_get_admin_context"),
+        functions=("x_authenticate", "x__active", "x_get_admin_context"),
     ),
     "api.formats": Target("vmbackup/api/formats.py", ("tests/integration/api/test_conventions.py",)),
     # The action guards: compare-and-set locks and ownership checks (F1, F2, F18).
@@ -75,18 +76,16 @@ TARGETS: dict[str, Target] = {
             "tests/failure/test_action_races.py",
             "tests/integration/api/test_ownership.py",
             "tests/integration/api/test_backup_actions.py",
+            "tests/integration/services/test_actions.py",
         ),
         functions=(
             "x__lock_backup",
             "x_restore",  # and restore_targets
             "x_may_act_on",
-            "x_convert",
             "x_delete",
             "x_queue_destroy",
             "x__queue_take",
-            "x_vm_key",
-            "x_disk_lock_key",
-            "x_backup_key",
+            "x__destroy",
         ),
     ),
     # The worker's multi-key atomic claim, release and the API's hold (F2, F18).
@@ -97,7 +96,9 @@ TARGETS: dict[str, Target] = {
     ),
     # The stalled-worker guard: a take ended by recovery is never marked built.
     "services.tasks": Target(
-        "vmbackup/services/tasks.py", ("tests/failure/test_action_races.py",), functions=("x__mark_built",)
+        "vmbackup/services/tasks.py",
+        ("tests/failure/test_action_races.py", "tests/integration/api/test_backups.py"),
+        functions=("x__mark_built",),
     ),
 }
 
@@ -132,13 +133,27 @@ def _results(work: Path) -> dict[str, str]:
     return {name.strip(): status.strip() for name, status in pairs}
 
 
-def run(name: str, target: Target) -> tuple[int, float]:
+# --only: rerun just the mutants an earlier run left in these states (mutmut reruns every mutant named on its
+# command line, and a run without names takes every function of the module).
+ONLY = {"unchecked": ("not checked",), "survivors": ("survived", "no tests", "timeout", "suspicious")}
+
+
+def run(name: str, target: Target, *, only: str | None = None) -> tuple[int, float]:
     work = _scratch(name, target)
     started = time.monotonic()
     log = work / "mutmut.log"
-    with log.open("w") as out:
-        cmd = [MUTMUT, "run", "--max-children", "2", *target.patterns()]
-        subprocess.run(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT)
+    selection = target.patterns()
+    skip = False
+    if only and (work / "mutants").is_dir():
+        wanted = [m for m, st in _results(work).items() if st in ONLY[only]]
+        selection = [m for m in wanted if not selection or any(fnmatch.fnmatch(m, p) for p in selection)]
+        skip = not selection
+        if skip:
+            print(f"{name}: no mutant left to rerun", flush=True)
+    if not skip:
+        with log.open("a" if only else "w") as out:
+            cmd = [MUTMUT, "run", "--max-children", "2", *selection]
+            subprocess.run(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT)
     elapsed = time.monotonic() - started
     results = _results(work)
     if target.functions:
@@ -157,12 +172,16 @@ def run(name: str, target: Target) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="*", metavar="TARGET", help=f"default: all of {', '.join(TARGETS)}")
-    names = parser.parse_args().targets or list(TARGETS)
+    parser.add_argument(
+        "--only", choices=ONLY, help="rerun only the mutants an interrupted run left unchecked, or the survivors"
+    )
+    args = parser.parse_args()
+    names = args.targets or list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         parser.error(f"unknown target {', '.join(unknown)}; known: {', '.join(TARGETS)}")
     for name in names:
-        run(name, TARGETS[name])
+        run(name, TARGETS[name], only=args.only)
     print(f"survivors with their diffs: {BUILD}/<target>.survivors.md; verdicts go in docs/mutation.md")
 
 
