@@ -135,7 +135,7 @@ def _results(work: Path) -> dict[str, str]:
 
 # --only: rerun just the mutants an earlier run left in these states (mutmut reruns every mutant named on its
 # command line, and a run without names takes every function of the module).
-ONLY = {"unchecked": ("not checked",), "survivors": ("survived", "no tests", "timeout", "suspicious")}
+ONLY = {"unchecked": ("not checked",), "survivors": ("survived", "no tests", "timeout", "suspicious", "not checked")}
 
 
 def run(name: str, target: Target, *, only: str | None = None) -> tuple[int, float]:

@@ -169,3 +169,25 @@ def test_an_unbuilt_backup_can_be_deleted_but_not_one_another_action_holds(made:
         assert (tx.action, tx.lock_keys) == ("destroy_backup", [f"backup:{unbuilt}"])
         with _refused("Backup cannot be deleted: it is locked by another transaction"):
             actions.delete(db, _user(db), unbuilt)
+
+
+def test_a_take_locks_its_vm_disks_and_backup_and_remembers_its_schedule(made: dict[str, Any]) -> None:
+    vm, (first, second) = made["vm"], made["disks"]
+    with made["sessions"]() as db:
+        backup, tx = actions.take_normal(db, _user(db), second, None, initiated="auto", schedule_id=42)
+        assert tx.lock_keys == [f"vm:{vm}", f"disk:{second}", f"backup:{backup.id}"]
+        assert tx.params == {"requested_by": _user(db).id, "disk_id": second}
+        assert (backup.schedule_id, backup.locked) == (42, True)  # retention finds its auto-backups by schedule
+        backup, tx = actions.take_incremental(db, _user(db), vm, None)
+        assert tx.lock_keys == [f"vm:{vm}", f"disk:{first}", f"disk:{second}", f"backup:{backup.id}"]
+        assert tx.params == {"requested_by": _user(db).id, "disk_ids": [first, second]}
+        assert backup.schedule_id is None
+
+
+def test_an_unbuilt_backup_cannot_be_converted(made: dict[str, Any]) -> None:
+    # convert has no check of its own before the lock: the compare-and-set on ``built`` is the only guard.
+    with made["sessions"]() as db:
+        unbuilt = _built_backup(db, made["disks"][0], built=False)
+        with _refused("Backup cannot be converted: it is not built"):
+            actions.convert(db, _user(db), unbuilt, "from-unbuilt")
+        assert db.get(Backup, unbuilt).locked is False  # type: ignore[union-attr]
