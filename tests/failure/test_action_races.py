@@ -178,5 +178,9 @@ def test_a_take_ended_by_recovery_while_its_worker_stalled_is_never_built(
     def log() -> str:
         return str(s.api.get(f"/transactions/{tx_id}.json").json()["transaction"]["log_output"])
 
-    wait_for(lambda: "ended by recovery" in log(), what="the stalled take to return")
+    # Also stop waiting once it is built, so a broken guard fails here at once instead of timing out.
+    wait_for(
+        lambda: "ended by recovery" in log() or s.backup(stalled["id"])["built"], what="the stalled take to return"
+    )
     assert s.backup(stalled["id"])["built"] is False
+    assert "ended by recovery" in log()

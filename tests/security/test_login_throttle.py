@@ -7,10 +7,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from tests.acceptance.serve_process import serving
 from tests.conftest import ADMIN
 from vmbackup.config import SettingsError, load_settings
+from vmbackup.db.models import User
 from vmbackup.services.auth import LoginThrottle
 
 
@@ -161,3 +163,37 @@ def test_trusted_proxies_must_be_addresses(tmp_path):
         "10.0.0.1",
         "10.1.0.0/16",
     )
+
+
+# The credential cache (services.auth.Authenticator.recall) answers a repeated sign-in without reading the user
+# row; these check that its answers obey the throttle like the full path (api/deps.authenticate).
+
+
+def test_remembered_credentials_wait_while_the_account_is_throttled(app, api):
+    api.user("alice")
+    assert _client(app, "10.0.1.1").get("/version.json", auth=("alice", "alice-password")).status_code == 200
+    for _ in range(10):  # from another address: the account is throttled, not that address
+        _client(app, "10.0.1.2").get("/version.json", auth=("alice", "guess-123"))
+    assert _client(app, "10.0.1.3").get("/version.json", auth=("alice", "alice-password")).status_code == 429
+
+
+def test_remembered_credentials_wait_while_the_address_is_throttled(app, api):
+    api.user("alice")
+    client = _client(app, "10.0.1.4")
+    assert client.get("/version.json", auth=("alice", "alice-password")).status_code == 200
+    for i in range(10):  # other logins from this address: the address is throttled, not the account
+        client.get("/version.json", auth=(f"user{i}", "guess-123"))
+    assert client.get("/version.json", auth=("alice", "alice-password")).status_code == 429
+
+
+def test_a_remembered_suspended_account_counts_failures_per_account_and_address(app, api):
+    alice = api.user("alice")
+    assert _client(app, "10.0.1.5").get("/version.json", auth=("alice", "alice-password")).status_code == 200
+    with app.state.sessions() as db:
+        db.execute(update(User).where(User.id == alice["id"]).values(status="suspended"))
+        db.commit()
+    for host in ("10.0.1.6", "10.0.1.7"):  # the first read from the row, the second from the cache
+        assert _client(app, host).get("/version.json", auth=("alice", "alice-password")).status_code == 401
+    failures = app.state.throttle._failures
+    assert len(failures[f"user:{alice['id']}"]) == 2
+    assert len(failures["ip:10.0.1.6"]) == len(failures["ip:10.0.1.7"]) == 1
