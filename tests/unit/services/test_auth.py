@@ -40,3 +40,8 @@ def test_credentials_remembered_for_one_account_do_not_sign_in_another() -> None
     assert auth.check(alice, "alice", "shared-secret")
     other = _user(auth, "something-else", user_id=2)
     assert not auth.check(other, "alice", "shared-secret")
+
+
+def test_new_password_hashes_use_the_configured_cost() -> None:
+    # VMBACKUP_PASSWORD_MEMORY_KIB / _TIME_COST: a hasher on argon2's defaults would ignore the operator's choice.
+    assert "$m=19456,t=2," in _auth().hash_password("a-password")
