@@ -56,6 +56,7 @@ TARGETS: dict[str, Target] = {
     "services.auth": Target(
         "vmbackup/services/auth.py",
         (
+            "tests/unit/services/test_auth.py",
             "tests/unit/api/test_listing_cache.py",
             "tests/security/test_login_throttle.py",
             "tests/security/test_secrets_at_rest.py",

@@ -59,6 +59,11 @@ class _CountingHasher:
     def __init__(self, hasher: Any) -> None:
         self.hasher = hasher
         self.verified = 0
+        self.hashed = 0
+
+    def hash(self, password: str) -> str:
+        self.hashed += 1
+        return str(self.hasher.hash(password))
 
     def verify(self, hash: str, password: str) -> bool:
         self.verified += 1
@@ -128,3 +133,14 @@ def test_a_nul_in_the_credentials_is_a_401(api: Api, auth: tuple[str, str]) -> N
     r = api.get("/version.json", auth=auth)
     assert r.status_code == 401, r.text
     assert r.json() == {"errors": ["You need to sign in or sign up before continuing."]}
+
+
+def test_an_unknown_login_costs_one_hash_check_not_a_new_hash_each_time(app, api, counting):
+    # The dummy hash is made once: hashing it anew for each unknown login would make those answers slower than a
+    # wrong password for a real account (the timing oracle the other way round).
+    client = _client(app, "10.2.0.6")
+    for _ in range(3):
+        before = counting.verified
+        assert client.get("/version.json", auth=("nobody", "wrong-password")).status_code == 401
+        assert counting.verified - before == 1
+    assert counting.hashed <= 1
