@@ -10,7 +10,7 @@ from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transa
 from vmbackup.db.queries import backups as backup_queries
 from vmbackup.db.queries import inventory
 from vmbackup.errors import Conflict, Invalid
-from vmbackup.services import backups, quotas, transactions
+from vmbackup.services import backups, locks, quotas, transactions
 from vmbackup.services.backups import get_backup
 from vmbackup.services.machines import get_disk, get_vm
 
@@ -26,23 +26,6 @@ def _backup_server(db: Session) -> BackupServer:
     if room[best.id] <= 0:
         raise Conflict("Backup cannot be made at this time: every enabled backup server is full")
     return best
-
-
-# Lock keys: the worker runs a transaction only while it holds all of its keys (`db.models.Lock`), and API changes
-# to a VM or disk hold theirs briefly (`machines`), so nothing changes or deletes what a running transaction
-# reads or writes (F2, F18). The first key is the one job delivery serialises on.
-def vm_key(vm_id: int) -> str:
-    # Takes and restores of one VM's disks run one at a time: a restore must never overlap a backup of the
-    # same disk, and two backups of a disk gain nothing from running together.
-    return f"vm:{vm_id}"
-
-
-def disk_lock_key(disk_id: int) -> str:
-    return f"disk:{disk_id}"
-
-
-def backup_key(backup_id: int) -> str:
-    return f"backup:{backup_id}"
 
 
 def take_normal(
@@ -92,7 +75,11 @@ def _queue_take(
         parent_id=backup.id,
         vm_id=backup.virtual_machine_id,
         user_id=backup.user_id,
-        lock_keys=[vm_key(backup.virtual_machine_id), *(disk_lock_key(d.id) for d in disks), backup_key(backup.id)],
+        lock_keys=[
+            locks.vm_key(backup.virtual_machine_id),
+            *(locks.disk_key(d.id) for d in disks),
+            locks.backup_key(backup.id),
+        ],
         params=params,
     )
     db.commit()
@@ -116,8 +103,7 @@ def restore_targets(db: Session, backup: Backup) -> tuple[VirtualMachine, list[D
     vm = db.get(VirtualMachine, backup.virtual_machine_id)
     if vm is None or backup.vm_identifier is None or vm.identifier != backup.vm_identifier:
         raise Conflict("Backup cannot be restored: the virtual machine it was taken of no longer exists")
-    bound = backup.disk_identifiers or {}
-    disks = [d for d in vm.disks if bound.get(backups.disk_key(d.id)) == d.identifier and d.image_path]
+    disks = [d for d in backups.taken_disks(backup, vm) if d.image_path]
     if not disks or (backup.backup_type == "normal" and disks[0].identifier != backup.disk_identifier):
         raise Conflict("Backup cannot be restored: the disk it was taken of no longer exists or has no image path")
     return vm, disks
@@ -152,7 +138,7 @@ def restore(db: Session, actor: User, backup_id: int) -> Transaction:
         parent_id=backup.id,
         vm_id=vm.id,
         user_id=backup.user_id,
-        lock_keys=[vm_key(vm.id), *(disk_lock_key(d.id) for d in disks), backup_key(backup.id)],
+        lock_keys=[locks.vm_key(vm.id), *(locks.disk_key(d.id) for d in disks), locks.backup_key(backup.id)],
         params={"requested_by": actor.id},
     )
     db.commit()
@@ -189,7 +175,7 @@ def convert(db: Session, actor: User, backup_id: int, label: str) -> tuple[Image
         parent_id=backup.id,
         vm_id=backup.virtual_machine_id,
         user_id=backup.user_id,
-        lock_keys=[backup_key(backup.id)],
+        lock_keys=[locks.backup_key(backup.id)],
         params={"template_id": template.id},
     )
     db.commit()
@@ -220,5 +206,5 @@ def _destroy(db: Session, backup: Backup) -> Transaction:
         parent_id=backup.id,
         vm_id=backup.virtual_machine_id,
         user_id=backup.user_id,
-        lock_keys=[backup_key(backup.id)],
+        lock_keys=[locks.backup_key(backup.id)],
     )

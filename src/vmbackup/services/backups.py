@@ -58,6 +58,13 @@ def disk_key(disk_id: int) -> str:
     return f"disk-{disk_id}"
 
 
+def taken_disks(backup: Backup, vm: VirtualMachine) -> list[Disk]:
+    """The disks of ``vm`` that ``backup`` was taken of: same id and same identifier (an id reused before migration
+    0005 is not the same disk). The caller checks that ``vm`` is the backup's VM by its identifier."""
+    bound = backup.disk_identifiers or {}
+    return [d for d in vm.disks if bound.get(disk_key(d.id)) == d.identifier]
+
+
 def _snapshot(vm: VirtualMachine) -> dict[str, object]:
     """What OnApp copies into a backup from the VM and its template when the backup is taken."""
     t = vm.template

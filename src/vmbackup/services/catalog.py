@@ -20,7 +20,7 @@ from vmbackup.db.models import (
 from vmbackup.db.queries import common, inventory
 from vmbackup.db.queries import transactions as tq
 from vmbackup.errors import Conflict, Forbidden, Invalid, NotFound
-from vmbackup.services import periods, quotas, transactions
+from vmbackup.services import locks, periods, quotas, transactions
 from vmbackup.services.access import apply, find, require_admin
 
 T = TypeVar("T", bound=Base)
@@ -131,7 +131,7 @@ def delete_template(db: Session, actor: User, template_id: int) -> Transaction |
         parent_id=template_id,
         vm_id=None,
         user_id=template.user_id or actor.id,
-        lock_keys=[f"template:{template_id}"],
+        lock_keys=[locks.template_key(template_id)],
     )
     db.commit()
     return tx

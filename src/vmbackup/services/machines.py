@@ -10,12 +10,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vmbackup.db.base import utcnow
 from vmbackup.db.models import DataStore, Disk, ImageTemplate, User, VirtualMachine
 from vmbackup.db.queries import inventory
-from vmbackup.db.queries import transactions as tx_queries
 from vmbackup.engine.source import NOT_AN_IMAGE, file_kind, is_image_mode
 from vmbackup.errors import Conflict, Invalid
+from vmbackup.services import locks
 from vmbackup.services.access import apply, find, find_owned, owner_scope, require_admin
 
 
@@ -50,17 +49,7 @@ def create_vm(db: Session, actor: User, data: dict[str, Any]) -> VirtualMachine:
 
 
 def _keys(vm: VirtualMachine, disks: Sequence[Disk]) -> list[str]:
-    # As services.actions names them (not imported: actions builds on this module).
-    return [f"vm:{vm.id}", *(f"disk:{d.id}" for d in disks)]
-
-
-def _commit_unless_busy(db: Session, keys: list[str], what: str) -> None:
-    """Commit the caller's change only if no running transaction holds ``keys``: the keys are taken for the length
-    of this database transaction, so a worker cannot start on them either until it commits (F18)."""
-    if not tx_queries.hold(db, keys, "api", utcnow()):
-        raise Conflict(f"{what} is in use by a running transaction")
-    tx_queries.unhold(db, keys)
-    db.commit()
+    return [locks.vm_key(vm.id), *(locks.disk_key(d.id) for d in disks)]
 
 
 def update_vm(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> None:
@@ -72,7 +61,7 @@ def update_vm(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> Non
     if "user_id" in data and data["user_id"] != vm.user_id and vm.locked:
         raise Conflict("VirtualMachine is locked by a transaction: its owner cannot change now")
     apply(vm, data)
-    _commit_unless_busy(db, _keys(vm, []), "VirtualMachine")
+    locks.commit_unless_busy(db, _keys(vm, []), "VirtualMachine")
 
 
 def delete_vm(db: Session, actor: User, vm_id: int) -> None:
@@ -85,7 +74,7 @@ def delete_vm(db: Session, actor: User, vm_id: int) -> None:
     for disk in vm.disks:
         db.delete(disk)
     db.delete(vm)
-    _commit_unless_busy(db, keys, "VirtualMachine")
+    locks.commit_unless_busy(db, keys, "VirtualMachine")
 
 
 def list_disks(db: Session, actor: User, vm_id: int | None = None) -> list[Disk]:
@@ -179,7 +168,7 @@ def update_disk(db: Session, actor: User, disk_id: int, data: dict[str, Any]) ->
     _check_refs(db, data)
     _check_image_path(db, data.get("image_path"))
     apply(disk, data)
-    _commit_unless_busy(db, [f"disk:{disk.id}"], "Disk")
+    locks.commit_unless_busy(db, [locks.disk_key(disk.id)], "Disk")
 
 
 def delete_disk(db: Session, actor: User, disk_id: int) -> None:
@@ -187,6 +176,6 @@ def delete_disk(db: Session, actor: User, disk_id: int) -> None:
     disk = get_disk(db, actor, disk_id)
     if disk.locked:
         raise Conflict("Disk is locked by a running transaction")
-    key = f"disk:{disk.id}"
+    key = locks.disk_key(disk.id)
     db.delete(disk)
-    _commit_unless_busy(db, [key], "Disk")
+    locks.commit_unless_busy(db, [key], "Disk")

@@ -22,7 +22,7 @@ from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transa
 from vmbackup.engine import Engine, Stats, gc
 from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing, TargetInvalid
 from vmbackup.services import actions, autobackups, machines, template_tasks
-from vmbackup.services.backups import disk_key
+from vmbackup.services.backups import disk_key, taken_disks
 from vmbackup.storage.location import open_storage
 
 Sessions = sessionmaker[Session]
@@ -76,7 +76,8 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _load(sessions: Sessions, tx: Transaction) -> tuple[Backup, BackupServer]:
+def _load(sessions: Sessions, tx: Transaction, log: Log | None = None) -> tuple[Backup, BackupServer]:
+    """The transaction's backup and its server; with ``log``, the server's storage path is hidden from it (F13)."""
     with sessions() as db:
         backup = db.get(Backup, tx.parent_id)
         if backup is None:
@@ -84,7 +85,9 @@ def _load(sessions: Sessions, tx: Transaction) -> tuple[Backup, BackupServer]:
         server = db.get(BackupServer, backup.backup_server_id) if backup.backup_server_id else None
         if server is None:
             raise Conflict(f"backup {backup.id} has no backup server")
-        return backup, server
+    if log is not None:
+        log.hide(server.storage_path, f"<storage of backup server {server.id}>")
+    return backup, server
 
 
 def _mark_built(sessions: Sessions, backup_id: int, stats: Stats, tx_id: int) -> None:
@@ -119,27 +122,16 @@ def _image_of(disk: Disk | None, disk_id: int, log: Log | None = None) -> str:
 def _taken_disk(db: Session, backup: Backup, disk_id: int, log: Log) -> str:
     """The image of a disk this take was queued for, if it is still that disk of that VM (not deleted, moved or
     replaced since the request: the backup is recorded as taken of it)."""
-    disk = db.get(Disk, disk_id)
     vm = db.get(VirtualMachine, backup.virtual_machine_id)
-    bound = (backup.disk_identifiers or {}).get(disk_key(disk_id))
-    if (
-        disk is None
-        or vm is None
-        or vm.identifier != backup.vm_identifier
-        or disk.virtual_machine_id != vm.id
-        or disk.identifier != bound
-    ):
+    same_vm = vm is not None and vm.identifier == backup.vm_identifier
+    disk = next((d for d in taken_disks(backup, vm) if d.id == disk_id), None) if vm and same_vm else None
+    if disk is None:
         raise SourceMissing(f"disk {disk_id} is no longer the disk this backup was requested of")
     return _image_of(disk, disk_id, log)
 
 
-def _hide_storage(server: BackupServer, log: Log) -> None:
-    log.hide(server.storage_path, f"<storage of backup server {server.id}>")
-
-
 def take_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
-    backup, server = _load(sessions, tx)
-    _hide_storage(server, log)
+    backup, server = _load(sessions, tx, log)
     with sessions() as db:
         path = _taken_disk(db, backup, tx.params["disk_id"], log)
     log(f"Taking normal backup {backup.identifier} of disk {backup.disk_id} on backup server {server.label!r}")
@@ -150,8 +142,7 @@ def take_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
 
 
 def take_incremental_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
-    backup, server = _load(sessions, tx)
-    _hide_storage(server, log)
+    backup, server = _load(sessions, tx, log)
     with sessions() as db:
         disks = {disk_key(i): _taken_disk(db, backup, i, log) for i in tx.params["disk_ids"]}
     log(
@@ -183,10 +174,8 @@ def _restore_targets(db: Session, backup: Backup, tx: Transaction, log: Log) -> 
 
 
 def restore_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
-    backup, server = _load(sessions, tx)
-    _hide_storage(server, log)
+    backup, server = _load(sessions, tx, log)
     with sessions() as db:
-        backup = db.get(Backup, backup.id) or backup
         targets = _restore_targets(db, backup, tx, log)
     shown = f"disk {backup.disk_id}" if isinstance(targets, str) else ", ".join(targets)
     engine = engine_for(server)
@@ -228,18 +217,14 @@ def clean_scratch(sessions: Sessions) -> None:
 
 
 def convert_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
-    backup, server = _load(sessions, tx)
-    _hide_storage(server, log)
+    backup, server = _load(sessions, tx, log)
     with sessions() as db:
         template = db.get(ImageTemplate, tx.params["template_id"])
         if template is None:
             raise Conflict("the template being made was deleted")
         archive_id = template_archive_id(template)
         vm = db.get(VirtualMachine, backup.virtual_machine_id)
-        bound = backup.disk_identifiers or {}
-        primary = next(
-            (d for d in (vm.disks if vm else []) if d.primary and bound.get(disk_key(d.id)) == d.identifier), None
-        )
+        primary = next((d for d in (taken_disks(backup, vm) if vm else []) if d.primary), None)
         root = scratch_dir(db)
     engine = engine_for(server)
     # The template file is a normal archive of one disk image: restore the backup's disk to a scratch file, then
@@ -270,8 +255,7 @@ def convert_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
 
 
 def destroy_backup(sessions: Sessions, tx: Transaction, log: Log) -> None:
-    backup, server = _load(sessions, tx)
-    _hide_storage(server, log)
+    backup, server = _load(sessions, tx, log)
     try:
         freed = engine_for(server).delete(backup.identifier)
         log(f"Deleted backup {backup.identifier}: {freed / 1024 / 1024:.1f} MiB freed")
