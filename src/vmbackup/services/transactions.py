@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Transaction, User
 from vmbackup.db.queries import transactions as q
+from vmbackup.services import routing
 from vmbackup.services.access import find_owned, owner_scope
 from vmbackup.services.machines import get_vm
 
@@ -36,6 +37,7 @@ def create(
         lock_keys=lock_keys,
         params=params or {},
         status="pending",
+        queue=routing.queue_for(db, action, parent_type, parent_id, vm_id),
     )
     db.add(tx)
     db.flush()

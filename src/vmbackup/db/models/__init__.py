@@ -3,6 +3,7 @@ the type of "any model", which the drivers may name like the models themselves (
 
 from vmbackup.db.base import Base
 from vmbackup.db.models.backups import Backup
+from vmbackup.db.models.fleet import BackupServerJoin, Hypervisor, HypervisorZone, IpAddress, WorkerHeartbeat
 from vmbackup.db.models.inventory import (
     BackupServer,
     BackupServerZone,
@@ -16,6 +17,11 @@ from vmbackup.db.models.transactions import Lock, Transaction
 from vmbackup.db.models.users import SignInName, User
 
 __all__ = [
+    "WorkerHeartbeat",
+    "IpAddress",
+    "HypervisorZone",
+    "Hypervisor",
+    "BackupServerJoin",
     "AutobackupPreset",
     "Base",
     "Backup",

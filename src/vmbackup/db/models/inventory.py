@@ -6,6 +6,7 @@ from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from vmbackup.db.base import NEVER_REUSE_IDS, Base, Timestamps, new_identifier
+from vmbackup.db.models.fleet import Hypervisor, IpAddress
 
 
 class ImageTemplate(Timestamps, Base):
@@ -92,8 +93,16 @@ class VirtualMachine(Timestamps, Base):
     built: Mapped[bool] = mapped_column(Boolean, default=True)
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
     suspended: Mapped[bool] = mapped_column(Boolean, default=False)
+    cpu_shares: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(32), default="delivered")
+    recovery_mode: Mapped[bool] = mapped_column(Boolean, default=False)
+    storage_server_type: Mapped[str] = mapped_column(String(32), default="other")
+    # Where it runs: its disks are reachable only there, so that hypervisor's worker takes and restores them.
+    hypervisor_id: Mapped[int | None] = mapped_column(ForeignKey("hypervisors.id"), index=True)
 
     template: Mapped[ImageTemplate] = relationship(lazy="joined")
+    hypervisor: Mapped[Hypervisor | None] = relationship(lazy="joined")
+    ip_addresses: Mapped[list[IpAddress]] = relationship(order_by="IpAddress.id", passive_deletes=True)
     disks: Mapped[list[Disk]] = relationship(back_populates="virtual_machine", order_by="Disk.id")
 
 

@@ -15,6 +15,7 @@ class Transaction(Timestamps, Base):
     __tablename__ = "transactions"
     __table_args__ = (
         Index("ix_transactions_status", "status", "id"),
+        Index("ix_transactions_status_queue", "status", "queue", "id"),
         Index("ix_transactions_vm", "associated_object_id", "id"),
         Index("ix_transactions_user", "user_id", "id"),
         NEVER_REUSE_IDS,
@@ -35,6 +36,10 @@ class Transaction(Timestamps, Base):
     allowed_cancel: Mapped[bool] = mapped_column(Boolean, default=False)
     scheduled: Mapped[bool] = mapped_column(Boolean, default=False)
     pid: Mapped[int | None] = mapped_column(Integer)
+    # Which workers may run it (services/routing.py): "hypervisor-3" (takes and restores: the disks are there),
+    # "backup_server-2" (work on stored data only), or "default" (no hypervisor or server to go to). Also the
+    # procrastinate queue its job is deferred to.
+    queue: Mapped[str] = mapped_column(String(64), default="default")
     # What the transaction touches ("vm:7", "disk:9", "backup:12"): a worker runs it only after taking every one of
     # these keys in the locks table (`Lock`), so two transactions sharing a key never run at once.
     lock_keys: Mapped[list[str]] = mapped_column(JSON, default=list)

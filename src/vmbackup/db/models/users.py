@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, event, inspect
+from sqlalchemy import ForeignKey, Integer, String, event, inspect
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from vmbackup.db.base import NEVER_REUSE_IDS, Base, Timestamps, new_identifier
@@ -43,6 +43,9 @@ class User(Timestamps, Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     # sha256 hex of the API key: keys are 40 random characters, so a fast hash is enough (no dictionary to try).
     api_key_hash: Mapped[str | None] = mapped_column(String(64))
+    # Backup space sold to the user (OnApp's backup-space product), in GB; None: no limit. Takes are checked
+    # against the space their stored backups use (services/space.py).
+    backup_space_limit: Mapped[int | None] = mapped_column(Integer)
 
     signin_names: Mapped[list[SignInName]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
