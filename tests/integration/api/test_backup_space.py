@@ -53,6 +53,13 @@ def test_the_admin_sets_the_limit_and_the_user_sees_it_with_the_usage(app: Any, 
     assert listed == {"admin": 0.0, "alice": 1.25, "bob": 0.0, "carol": 0.0}
     _limit(api, alice, None)  # lifted
     assert api.get(f"/users/{alice}.json").json()["user"]["backup_space_limit"] is None
+    for raw, want in (
+        ('<user><backup_space_limit type="integer">7</backup_space_limit></user>', 7),
+        ('<user><backup_space_limit nil="true"/></user>', None),
+    ):
+        headers = {"Content-Type": "application/xml"}
+        assert api.put(f"/users/{alice}.xml", content=raw.encode(), headers=headers).status_code == 204
+        assert api.get(f"/users/{alice}.json").json()["user"]["backup_space_limit"] == want
 
 
 def test_a_user_cannot_raise_their_own_limit(api: Any, quiet: Any) -> None:
