@@ -218,8 +218,9 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
         ids["data_store_2"] = api.data_store(label="spare")["id"]
         ids["server_1"] = 1  # "Local storage", registered on first start; holds the backups below
         store = tmp / "server2"
+        # Disabled, so placement (which spreads takes over servers) puts no backup on it and it can be deleted.
         ids["server_2"] = api.create(
-            "/settings/backup_servers.json", "backup_server", label="spare", storage_path=str(store)
+            "/settings/backup_servers.json", "backup_server", label="spare", storage_path=str(store), enabled=False
         )["id"]
         ids["zone"] = api.create("/settings/backup_server_zones.json", "backup_server_group", label="z1")["id"]
         ids["preset"] = api.get("/settings/autobackup_presets.json").json()[0]["autobackup_template"]["id"]

@@ -42,7 +42,7 @@ from vmbackup.jobs.procrastinate_queue import ProcrastinateQueue, ProcrastinateR
 from vmbackup.jobs.queue import JobQueue
 from vmbackup.jobs.scheduler import make_scheduler
 from vmbackup.jobs.worker import Worker
-from vmbackup.services import machines, quotas, tasks
+from vmbackup.services import catalog, machines, quotas, tasks
 from vmbackup.services.auth import Authenticator, LoginThrottle
 from vmbackup.services.bootstrap import first_start
 
@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> Service:
     machines.bind_image_roots(sessions, settings.image_roots)
     tasks.bind_scratch_dir(sessions, settings.data_dir.resolve() / "scratch")
     quotas.bind_limit(sessions, settings.max_queued_per_user)
+    catalog.bind_data_dir(sessions, settings.data_dir.resolve())  # backup servers created with no storage_path
     with sessions() as db:
         generated = first_start(
             db,

@@ -74,7 +74,12 @@ def backup(b: Backup | Mapping[str, Any]) -> Fields:
 _EXTRA = ("integrity", "verified_at")
 
 
-def user(u: User) -> Fields:
+def user(u: User, used_backup_kb: int = 0) -> Fields:
+    """OnApp's user, with the backup space sold to it: ``backup_space_limit`` (GB, null: no limit),
+    ``used_backup_space`` (GB its backups take, two decimals) and ``backup_space_available`` (GB left, null with no
+    limit), like OnApp's ``disk_space_available``."""
+    used_gb = round(used_backup_kb / (1024 * 1024), 2)
+    limit = u.backup_space_limit
     return {
         "id": u.id,
         "login": u.login,
@@ -87,6 +92,9 @@ def user(u: User) -> Fields:
         "locale": "en",
         "roles": [{"role": {"id": 1 if u.is_admin else 2, "label": u.role, "identifier": u.role}}],
         "api_key_set": u.api_key_hash is not None,
+        "backup_space_limit": limit,
+        "used_backup_space": used_gb,
+        "backup_space_available": None if limit is None else max(0.0, round(limit - used_gb, 2)),
         "created_at": u.created_at,
         "updated_at": u.updated_at,
     }
@@ -131,7 +139,9 @@ def data_store(d: DataStore) -> Fields:
     }
 
 
-def backup_server(s: BackupServer) -> Fields:
+def backup_server(s: BackupServer, cpu_idle: int | None = None) -> Fields:
+    """OnApp's fields (reference 5.5) and vmbackup's ``storage_path`` (only admins see backup servers).
+    ``cpu_idle`` is what the server's live workers report (services/placement.cpu_idle); None when none does."""
     return {
         "id": s.id,
         "label": s.label,
@@ -139,8 +149,11 @@ def backup_server(s: BackupServer) -> Fields:
         "backup_ip_address": s.backup_ip_address,
         "capacity": s.capacity,
         "enabled": s.enabled,
-        "storage_path": s.storage_path,
+        "distro": None,
+        "cpu_idle": cpu_idle,
         "backup_server_group_id": s.backup_server_group_id,
+        "integrated_storage": False,
+        "storage_path": s.storage_path,
         "created_at": s.created_at,
         "updated_at": s.updated_at,
     }

@@ -49,10 +49,18 @@ class UserCreate(_TimeZone):
     last_name: Name | None = None
     role: Literal["user", "admin"] = "user"
     time_zone: Zone = "UTC"
+    backup_space_limit: Amount | None = None  # GB; None: no limit (services/space.py)
 
 
 class UserUpdate(_TimeZone):
-    read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"status", "roles", "locale", "api_key_set"}
+    read_only: ClassVar[frozenset[str]] = InputModel.read_only | {
+        "status",
+        "roles",
+        "locale",
+        "api_key_set",
+        "used_backup_space",
+        "backup_space_available",
+    }
     login: Login = unchanged()
     email: Email = unchanged()
     password: Password = unchanged()
@@ -60,6 +68,7 @@ class UserUpdate(_TimeZone):
     last_name: Name | None = None
     role: Literal["user", "admin"] = unchanged()
     time_zone: Zone = unchanged()
+    backup_space_limit: Amount | None = None  # admins only; null lifts the limit
 
 
 class TemplateCreate(InputModel):
@@ -89,16 +98,27 @@ class DataStoreUpdate(InputModel):
 
 
 class BackupServerCreate(InputModel):
+    """OnApp's fields; ``storage_path`` is vmbackup's own and optional (absent: a directory under the data dir)."""
+
     label: Label
     ip_address: Name64 | None = None
     backup_ip_address: Name64 | None = None
     capacity: Size = 0
     enabled: bool = True
-    storage_path: Path
+    backup_server_group_id: Id | None = None
+    # OnApp 6.1's flag for a server on its integrated storage: accepted so its clients' bodies pass, not stored.
+    integrated_storage: bool = Field(default=False, exclude=True)
+    storage_path: Path | None = None
 
 
 class BackupServerUpdate(InputModel):
-    read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"backup_server_group_id"}
+    # What a GET shows but a PUT does not change: the zone (attach/detach does) and what is measured or fixed.
+    read_only: ClassVar[frozenset[str]] = InputModel.read_only | {
+        "backup_server_group_id",
+        "distro",
+        "cpu_idle",
+        "integrated_storage",
+    }
     label: Label = unchanged()
     ip_address: Name64 | None = None
     backup_ip_address: Name64 | None = None

@@ -3,29 +3,15 @@ transaction; a worker does the work (``services.tasks``). Nothing here reads or 
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, User, VirtualMachine
+from vmbackup.db.models import Backup, Disk, ImageTemplate, Transaction, User, VirtualMachine
 from vmbackup.db.queries import backups as backup_queries
 from vmbackup.db.queries import inventory
 from vmbackup.errors import Conflict, Invalid
-from vmbackup.services import backups, locks, quotas, transactions
+from vmbackup.services import backups, locks, placement, quotas, space, transactions
 from vmbackup.services.backups import get_backup
 from vmbackup.services.machines import get_disk, get_vm
-
-
-def _backup_server(db: Session) -> BackupServer:
-    """Placement: the enabled backup server with the most room left (capacity 0 means no limit set)."""
-    servers = db.scalars(select(BackupServer).where(BackupServer.enabled.is_(True)).order_by(BackupServer.id)).all()
-    if not servers:
-        raise Conflict("Backup cannot be made at this time: no enabled backup server")
-    used = backup_queries.kb_used_per_server(db)
-    room = {s.id: (s.capacity * 1024 * 1024 - used.get(s.id, 0)) if s.capacity else float("inf") for s in servers}
-    best = max(servers, key=lambda s: room[s.id])
-    if room[best.id] <= 0:
-        raise Conflict("Backup cannot be made at this time: every enabled backup server is full")
-    return best
 
 
 def take_normal(
@@ -41,7 +27,9 @@ def take_normal(
     disk = get_disk(db, actor, disk_id)
     if not disk.image_path:
         raise Conflict("Backup cannot be made at this time: the disk has no image path")
-    backup = backups.new_normal(db, disk, _backup_server(db).id, note=note, initiated=initiated)
+    space.check_normal(db, disk)
+    server = placement.backup_server(db, disk.virtual_machine)
+    backup = backups.new_normal(db, disk, server.id, note=note, initiated=initiated)
     return backup, _queue_take(db, actor, backup, "take_backup", schedule_id, [disk])
 
 
@@ -53,7 +41,9 @@ def take_incremental(
     disks = [d for d in vm.disks if d.image_path]
     if not disks:
         raise Conflict("Backup cannot be made at this time: the virtual machine has no disk with an image path")
-    backup = backups.new_incremental(db, vm, disks, _backup_server(db).id, note=note, initiated=initiated)
+    space.check_incremental(db, vm, disks)
+    server = placement.backup_server(db, vm)
+    backup = backups.new_incremental(db, vm, disks, server.id, note=note, initiated=initiated)
     return backup, _queue_take(db, actor, backup, "take_incremental_backup", schedule_id, disks)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup.db.base import Base
 from vmbackup.db.models import (
@@ -59,13 +59,44 @@ def get(db: Session, actor: User, model: type[T], id_: int) -> T:
 def create(db: Session, actor: User, model: type[T], data: dict[str, Any]) -> T:
     require_admin(actor)
     if model is BackupServer:
-        _check_storage_path(data["storage_path"])
+        return cast(T, create_backup_server(db, data))
     if model is AutobackupPreset:
         _check_preset(data.get("period", ""), data.get("duration", 1))
     obj = model(**data)
     db.add(obj)
     db.commit()
     return obj
+
+
+_DATA_DIR = "vmbackup.data_dir"  # key in Session.info
+
+
+def bind_data_dir(sessions: sessionmaker[Session], path: Path) -> None:
+    """Where backup servers created without a ``storage_path`` keep their bytes: ``<path>/backup_servers/<id>``."""
+    sessions.configure(info={**sessions.kw.get("info", {}), _DATA_DIR: str(path)})
+
+
+def create_backup_server(db: Session, data: dict[str, Any]) -> BackupServer:
+    """A backup server from OnApp's fields (label, ip_address, backup_ip_address, capacity, enabled,
+    backup_server_group_id): OnApp clients name no storage location, so unless the admin gives a ``storage_path``
+    the server gets a directory of its own under the data directory, named by its id (never reused)."""
+    zone_id = data.get("backup_server_group_id")
+    if zone_id is not None and db.get(BackupServerZone, zone_id) is None:
+        raise Invalid(fields={"backup_server_group_id": ["does not name a backup server zone"]})
+    path: str | None = data.get("storage_path")
+    data_dir: str | None = db.info.get(_DATA_DIR)
+    if path is not None:
+        _check_storage_path(path)
+    elif data_dir is None:  # sessions not bound to settings: nowhere to choose from
+        raise Invalid(fields={"storage_path": ["can't be blank"]})
+    server = BackupServer(**{**data, "storage_path": path or ""})
+    db.add(server)
+    if path is None and data_dir is not None:
+        db.flush()  # the id names the directory
+        server.storage_path = str(Path(data_dir) / "backup_servers" / str(server.id))
+        _check_storage_path(server.storage_path)
+    db.commit()
+    return server
 
 
 def update(db: Session, actor: User, model: type[T], id_: int, data: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from vmbackup.db.models import User
 from vmbackup.db.queries import common, inventory
 from vmbackup.db.queries import users as q
 from vmbackup.errors import Conflict, Invalid
+from vmbackup.services import space
 from vmbackup.services.access import apply, find_owned, require_admin
 from vmbackup.services.auth import Authenticator, hash_api_key, new_api_key
 
@@ -57,6 +58,10 @@ def update_user(db: Session, actor: User, auth: Authenticator, user_id: int, dat
     user = get_user(db, actor, user_id)
     if "role" in data and not actor.is_admin:
         require_admin(actor)
+    # The backup space is what the user bought: only an admin changes it. The user's own value sent back (a client
+    # that PUTs what it GOT) changes nothing and passes.
+    if data.get("backup_space_limit", user.backup_space_limit) != user.backup_space_limit and not actor.is_admin:
+        require_admin(actor)
     if data.get("role") == "user" and user.is_admin and q.count_admins(db) <= 1:
         raise Conflict("The last admin cannot lose the admin role")
     _check_unique(db, data.get("login"), data.get("email"), except_id=user.id)
@@ -84,6 +89,11 @@ def make_api_key(db: Session, actor: User, user_id: int) -> tuple[User, str]:
     user.api_key_hash = hash_api_key(key)
     db.commit()
     return user, key
+
+
+def backup_kb_used(db: Session, user_ids: list[int]) -> dict[int, int]:
+    """kB each user's backups take (services/space.py), for their user JSON; absent users use nothing."""
+    return space.used_kb_of(db, user_ids)
 
 
 def ensure_admin(db: Session, auth: Authenticator, login: str, email: str, password: str | None) -> str | None:

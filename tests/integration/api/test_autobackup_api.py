@@ -187,7 +187,8 @@ def test_placement_prefers_room_and_refuses_when_full(app, api, world, tmp_path)
     make_backup(app, disk_id=world["disk_a"]["id"], size_kb=2 * 1024 * 1024)  # 2 GB on a 1 GB server: full
     app.state.worker.stop()
     r = api.post(f"/settings/disks/{world['disk_a']['id']}/backups.json")
-    assert r.status_code == 422 and "full" in r.json()["errors"][0]
+    # OnApp's message for "no eligible server" (services/placement.py), full being one reason
+    assert r.status_code == 422 and "check Location Group settings" in r.json()["errors"][0]
     roomy = api.create(
         "/settings/backup_servers.json", "backup_server", label="big", capacity=100, storage_path=str(tmp_path / "big")
     )

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from vmbackup.api import presenters
 from vmbackup.api.deps import AdminCtx, Ctx, Id
 from vmbackup.api.routes._crud import add_crud_routes
+from vmbackup.api.routes.backup_servers import present
 from vmbackup.api.schemas import ZoneCreate, ZoneUpdate
 from vmbackup.db.models import BackupServerZone
 from vmbackup.services import catalog
@@ -18,17 +19,16 @@ add_crud_routes(router, "backup_server_group", BackupServerZone, presenters.back
 
 @router.get("/{zone_id}/backup_servers")
 def list_zone_servers(zone_id: Id, ctx: Ctx) -> Response:
-    return ctx.many("backup_server", map(presenters.backup_server, catalog.zone_servers(ctx.db, ctx.user, zone_id)))
+    return ctx.many("backup_server", present(ctx, catalog.zone_servers(ctx.db, ctx.user, zone_id)))
 
 
 @router.post("/{zone_id}/backup_servers/{server_id}/attach")
 def attach(zone_id: Id, server_id: Id, ctx: AdminCtx) -> Response:
-    return ctx.one(
-        "backup_server", presenters.backup_server(catalog.attach(ctx.db, ctx.user, zone_id, server_id, True))
-    )
+    server = catalog.attach(ctx.db, ctx.user, zone_id, server_id, True)
+    return ctx.one("backup_server", next(present(ctx, [server])))
 
 
 @router.post("/{zone_id}/backup_servers/{server_id}/detach")
 def detach(zone_id: Id, server_id: Id, ctx: AdminCtx) -> Response:
     server = catalog.attach(ctx.db, ctx.user, zone_id, server_id, False)
-    return ctx.one("backup_server", presenters.backup_server(server))
+    return ctx.one("backup_server", next(present(ctx, [server])))

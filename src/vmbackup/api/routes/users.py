@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from starlette.responses import Response
@@ -9,6 +9,7 @@ from vmbackup.api import formats, presenters
 from vmbackup.api.body import body, openapi_body
 from vmbackup.api.deps import AdminCtx, AuthDep, Ctx, Id
 from vmbackup.api.schemas import UserCreate, UserUpdate
+from vmbackup.db.models import User
 from vmbackup.services import users
 
 router = APIRouter(tags=["users"])
@@ -16,18 +17,20 @@ router = APIRouter(tags=["users"])
 
 @router.get("/users")
 def list_users(ctx: Ctx) -> Response:
-    return ctx.many("user", map(presenters.user, users.list_users(ctx.db, ctx.user)))
+    found = users.list_users(ctx.db, ctx.user)
+    used = users.backup_kb_used(ctx.db, [u.id for u in found])
+    return ctx.many("user", (presenters.user(u, used.get(u.id, 0)) for u in found))
 
 
 @router.post("/users", status_code=201, openapi_extra=openapi_body("user", UserCreate))
 def create_user(ctx: AdminCtx, auth: AuthDep, data: Annotated[UserCreate, body("user", UserCreate)]) -> Response:
     user = users.create_user(ctx.db, ctx.user, auth, data.model_dump())
-    return ctx.one("user", presenters.user(user), 201)
+    return _one(ctx, user, 201)
 
 
 @router.get("/users/{user_id}")
 def get_user(user_id: Id, ctx: Ctx) -> Response:
-    return ctx.one("user", presenters.user(users.get_user(ctx.db, ctx.user, user_id)))
+    return _one(ctx, users.get_user(ctx.db, ctx.user, user_id))
 
 
 @router.put("/users/{user_id}", status_code=204, openapi_extra=openapi_body("user", UserUpdate))
@@ -48,4 +51,12 @@ def delete_user(user_id: Id, ctx: Ctx) -> Response:
 def make_new_api_key(user_id: Id, ctx: Ctx) -> Response:
     user, key = users.make_api_key(ctx.db, ctx.user, user_id)
     # The only time the key is shown: it is stored hashed.
-    return ctx.one("user", {**presenters.user(user), "api_key": key})
+    return ctx.one("user", {**_present(ctx, user), "api_key": key})
+
+
+def _present(ctx: Ctx, user: User) -> dict[str, Any]:
+    return presenters.user(user, users.backup_kb_used(ctx.db, [user.id]).get(user.id, 0))
+
+
+def _one(ctx: Ctx, user: User, status: int = 200) -> Response:
+    return ctx.one("user", _present(ctx, user), status)

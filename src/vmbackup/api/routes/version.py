@@ -5,6 +5,7 @@ from starlette.responses import Response
 
 from vmbackup.api import presenters
 from vmbackup.api.deps import Ctx
+from vmbackup.services import users
 
 router = APIRouter(tags=["version"])
 
@@ -19,4 +20,5 @@ def version(ctx: Ctx) -> Response:
 
 @router.get("/profile")
 def profile(ctx: Ctx) -> Response:
-    return ctx.one("user", presenters.user(ctx.user))
+    used = users.backup_kb_used(ctx.db, [ctx.user.id]).get(ctx.user.id, 0)
+    return ctx.one("user", presenters.user(ctx.user, used))

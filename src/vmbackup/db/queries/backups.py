@@ -50,11 +50,30 @@ def for_user(db: Session, user_id: int) -> list[BackupRow]:
     return _rows(db, Backup.user_id == user_id)
 
 
-def kb_used_per_server(db: Session) -> dict[int, int]:
-    q = select(Backup.backup_server_id, func.coalesce(func.sum(Backup.backup_size), 0)).group_by(
-        Backup.backup_server_id
+def kb_used_by_user(db: Session, user_id: int) -> int:
+    """kB the user's backups take in storage (each backup's ``backup_size``: what it added, after deduplication)."""
+    q = select(func.coalesce(func.sum(Backup.backup_size), 0)).where(Backup.user_id == user_id)
+    return int(db.scalar(q) or 0)
+
+
+def kb_used_per_user(db: Session, user_ids: list[int]) -> dict[int, int]:
+    q = (
+        select(Backup.user_id, func.coalesce(func.sum(Backup.backup_size), 0))
+        .where(Backup.user_id.in_(user_ids))
+        .group_by(Backup.user_id)
     )
-    return {server_id: int(total) for server_id, total in db.execute(q) if server_id is not None}
+    return {user_id: int(kb) for user_id, kb in db.execute(q)}
+
+
+def last_built_kb(db: Session, *, disk_id: int | None = None, vm_id: int | None = None) -> int | None:
+    """kB the newest built backup of this disk (normal) or VM (incremental) added to storage; None if none is."""
+    q = select(Backup.backup_size).where(Backup.built.is_(True))
+    if disk_id is not None:
+        q = q.where(Backup.disk_id == disk_id, Backup.backup_type == "normal")
+    else:
+        q = q.where(Backup.virtual_machine_id == vm_id, Backup.backup_type == "incremental")
+    size = db.scalar(q.order_by(Backup.id.desc()).limit(1))
+    return None if size is None else int(size)
 
 
 def search(
