@@ -265,9 +265,10 @@ def build_app(
     max_pool: int = 4,
     scheduler: Scheduler | None = None,
     queues: list[str] | None = None,
+    worker_name: str | None = None,
 ) -> App:
     """The worker-side app: an async psycopg pool of its own and its tasks, bound to ``sessions``; its jobs run
-    transactions of ``queues`` only (None: of every queue)."""
+    transactions of ``queues`` only (None: of every queue), as ``worker_name`` (default: host:pid)."""
     app = App(connector=PsycopgConnector(conninfo=conninfo(database_url), min_size=1, max_size=max_pool))
     if scheduler is not None:
         _add_scheduling(app, scheduler)
@@ -279,7 +280,7 @@ def build_app(
             return status  # already run, cancelled, or a job from a former life of the database: nothing to do
         if not execution.serves(queues, tx_queue):
             return f"moved to {tx_queue}"  # a stale job: `deliver_orphans` defers the transaction to its queue
-        result = execution.execute(sessions, transaction_id, queues=queues)
+        result = execution.execute(sessions, transaction_id, worker_name, queues)
         status, tx_queue = _tx_state(sessions, {"transaction_id": transaction_id})
         if result is None and status == "pending" and execution.serves(queues, tx_queue):
             raise NotClaimed(f"transaction {transaction_id} could not be claimed yet")
@@ -340,10 +341,16 @@ class ProcrastinateRunner:
         self.hypervisor_ids, self.backup_server_ids = list(hypervisor_ids), list(backup_server_ids)
         self.queues = routing.queues_of(self.hypervisor_ids, self.backup_server_ids)  # None: every queue
         self.queue = ProcrastinateQueue(engine)
-        self.app = build_app(
-            database_url, sessions, self.queue, max_pool=concurrency + 3, scheduler=scheduler, queues=self.queues
-        )
         self.me = name or execution.worker_id()
+        self.app = build_app(
+            database_url,
+            sessions,
+            self.queue,
+            max_pool=concurrency + 3,
+            scheduler=scheduler,
+            queues=self.queues,
+            worker_name=self.me,
+        )
         self.heartbeat = fleet.Heartbeat(sessions, self.me, self.hypervisor_ids, self.backup_server_ids)
         self.worker_options = worker_options
         self._worker: ProcrastinateWorker | None = None
