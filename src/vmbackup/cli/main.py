@@ -107,6 +107,7 @@ def worker(hypervisor_ids: tuple[int, ...], backup_server_ids: tuple[int, ...]) 
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # as `migrate` does: a first start on its own host
     engine = make_engine(settings.database_url)
     upgrade(engine)
     sessions = make_session_factory(engine)
