@@ -1,8 +1,8 @@
 """The fleet as the API shows it: which hypervisors (and backup servers) have a live worker.
 
-A worker heartbeats into the ``workers`` table (jobs/worker.py, jobs/procrastinate_queue.py); one is live while its
-last beat is younger than ``LIVE_SECONDS``. A worker started with no ids runs everything, so it serves every
-hypervisor and backup server too.
+A worker heartbeats into the ``workers`` table (`Heartbeat`, run by jobs/worker.py and jobs/procrastinate_queue.py,
+the one inside ``vmbackup serve`` included); one is live while its last beat is younger than ``LIVE_SECONDS``.
+A worker started with no ids runs everything, so it serves every hypervisor and backup server too.
 """
 
 from __future__ import annotations
