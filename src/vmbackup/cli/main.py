@@ -76,23 +76,45 @@ def migrate() -> None:
 
 
 @cli.command()
-def worker() -> None:
+@click.option(
+    "--hypervisor",
+    "hypervisor_ids",
+    type=int,
+    multiple=True,
+    metavar="ID",
+    help="Run only the takes and restores of VMs on this hypervisor (repeatable).",
+)
+@click.option(
+    "--backup-server",
+    "backup_server_ids",
+    type=int,
+    multiple=True,
+    metavar="ID",
+    help="Run only the work on this backup server's stored data: delete, convert, integrity checks (repeatable).",
+)
+def worker(hypervisor_ids: tuple[int, ...], backup_server_ids: tuple[int, ...]) -> None:
     """Run transactions queued by `vmbackup serve` processes started with VMBACKUP_WORKER=external.
 
     On SQLite it polls the transactions table; on PostgreSQL it is a procrastinate worker (jobs deferred by the API,
-    one at a time per VM or backup, stalled workers' transactions failed by the periodic maintenance task)."""
+    one at a time per VM or backup, stalled workers' transactions failed by the periodic maintenance task). With
+    neither option it runs every transaction; with some, only those of its hypervisors and backup servers."""
     import signal
     import threading
 
     from vmbackup.db.migrate import upgrade
     from vmbackup.db.session import make_engine, make_session_factory
-    from vmbackup.services import machines, tasks
+    from vmbackup.services import fleet, machines, routing, tasks
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # as `migrate` does: a first start on its own host
     engine = make_engine(settings.database_url)
     upgrade(engine)
     sessions = make_session_factory(engine)
+    with sessions() as db:
+        fleet.check_ids(db, hypervisor_ids, backup_server_ids)  # NotFound: exit code 3, before any work
+    serving = fleet.serving(routing.queues_of(list(hypervisor_ids), list(backup_server_ids)))
+    dedicated = bool(hypervisor_ids or backup_server_ids)
     machines.bind_image_roots(sessions, settings.image_roots)  # tasks re-check image paths with it
     tasks.bind_scratch_dir(sessions, settings.data_dir.resolve() / "scratch")
     if settings.is_postgres:
@@ -106,10 +128,15 @@ def worker() -> None:
             engine,
             sessions,
             concurrency=settings.worker_concurrency,
-            scheduler=make_scheduler(settings, sessions, None),
+            scheduler=make_scheduler(settings, sessions, None, list(backup_server_ids) if dedicated else None),
+            hypervisor_ids=hypervisor_ids,
+            backup_server_ids=backup_server_ids,
         )
         pq_runner.recover()
-        click.echo(f"vmbackup: procrastinate worker {pq_runner.me} running {settings.worker_concurrency} at a time")
+        click.echo(
+            f"vmbackup: procrastinate worker {pq_runner.me} serving {serving}, "
+            f"running {settings.worker_concurrency} at a time"
+        )
         # Restarted after database errors; SIGINT/SIGTERM stop it after the transactions it runs.
         asyncio.run(pq_runner.run_forever())
         click.echo("vmbackup: worker stopped")
@@ -118,12 +145,18 @@ def worker() -> None:
 
     from vmbackup.jobs.worker import Worker
 
-    runner = Worker(sessions, concurrency=settings.worker_concurrency, poll_seconds=0.5)
+    runner = Worker(
+        sessions,
+        concurrency=settings.worker_concurrency,
+        poll_seconds=0.5,
+        hypervisor_ids=hypervisor_ids,
+        backup_server_ids=backup_server_ids,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     runner.start()
-    click.echo(f"vmbackup: worker {runner.me} running {settings.worker_concurrency} at a time")
+    click.echo(f"vmbackup: worker {runner.me} serving {serving}, running {settings.worker_concurrency} at a time")
     stop.wait()
     click.echo("vmbackup: worker stopping after the transactions it runs")
     runner.stop()

@@ -16,9 +16,19 @@ What a crash leaves behind, and who cleans it (`maintain`, every `MAINTENANCE_CR
 - a transaction ``running`` under a dead worker: `execution.recover` marks it failed with the reason in its log;
 - that worker's procrastinate job, stuck in ``doing`` and holding the VM's lock: finished as failed once its
   transaction is no longer running (re-delivered instead if the transaction was never claimed);
-- a transaction ``pending`` with no waiting or running job (queued outside the API, crash between commit and
-  defer, a failed defer, a job that gave up): deferred by `deliver_orphans`, which every worker also runs each
-  `PICKUP_SECONDS`.
+- a transaction ``pending`` with no waiting or running job in its queue (queued outside the API, crash between
+  commit and defer, a failed defer, a job that gave up, a VM moved to another hypervisor since): deferred to its
+  queue by `deliver_orphans`, which every worker also runs each `PICKUP_SECONDS`;
+- a waiting job left in a queue its transaction no longer has (the VM moved): dropped;
+- the rows of workers dead for a day: pruned.
+
+Routing (services/routing.py): a transaction's job is deferred to the procrastinate queue ``tx.queue``
+("hypervisor-3", "backup_server-2", "default"). A worker started for hypervisors or backup servers listens to
+their queues and to `PERIODIC_QUEUE` (maintenance, auto-backups: they must run in a fleet of dedicated workers
+only), plus `INTEGRITY_QUEUE` if it serves a backup server (an integrity check reads stored data, and picks only
+backups of the servers its worker serves); a worker with neither listens to every queue. A job that reaches a
+worker whose queues its transaction has left is not run there (``execution.execute`` refuses it) and succeeds
+without doing anything; the transaction, now an orphan of its new queue, is deferred there.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup.db.models import Transaction
 from vmbackup.jobs.scheduler import Scheduler
-from vmbackup.services import execution
+from vmbackup.services import execution, fleet, routing
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,10 @@ TASK = "vmbackup.run_transaction"
 MAINTENANCE = "vmbackup.maintenance"
 AUTOBACKUPS = "vmbackup.autobackups"
 INTEGRITY = "vmbackup.integrity"
+# Every worker listens to the first (the periodic tasks must run whoever is up); workers that may read stored data
+# (serving a backup server, or everything) to the second.
+PERIODIC_QUEUE = "periodic"
+INTEGRITY_QUEUE = "integrity"
 # Every 30 s (the 6th cron field is seconds): with STALL_SECONDS = 60 a killed worker's transaction is failed
 # within about 90 s; the task itself is a few indexed queries.
 MAINTENANCE_CRON = "* * * * * */30"
@@ -82,10 +96,18 @@ def conninfo(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def queueing_lock(tx_id: int, identifier: str) -> str:
+def queueing_lock(tx_id: int, identifier: str, queue: str = routing.DEFAULT) -> str:
     # The identifier makes it unique for the life of the database: ids restart after a restore or a truncate, and a
-    # job left from before must neither block nor run the new transaction with the same id.
-    return f"tx:{tx_id}:{identifier}"
+    # job left from before must neither block nor run the new transaction with the same id. The queue: a job left
+    # waiting in the queue of a hypervisor the VM has left must not block the one deferred to its new queue.
+    return f"tx:{tx_id}:{identifier}@{queue}"
+
+
+def listened(queues: list[str] | None, backup_server_ids: list[int]) -> list[str] | None:
+    """The procrastinate queues of a worker serving ``queues`` (None: all of them)."""
+    if queues is None:
+        return None
+    return [*queues, PERIODIC_QUEUE, *([INTEGRITY_QUEUE] if backup_server_ids else [])]
 
 
 class _EnginePool:
@@ -119,11 +141,13 @@ class ProcrastinateQueue:
         self.app = App(connector=connector)
 
     def submit(self, tx: Transaction) -> None:
-        self.defer(tx.id, tx.identifier, tx.lock_key)
+        self.defer(tx.id, tx.identifier, tx.lock_key, tx.queue)
 
-    def defer(self, tx_id: int, identifier: str, lock_key: str) -> int | None:
-        """The job's id, or None when one is already waiting for this transaction or the defer failed."""
-        task = self.app.configure_task(TASK, lock=lock_key or None, queueing_lock=queueing_lock(tx_id, identifier))
+    def defer(self, tx_id: int, identifier: str, lock_key: str, queue: str = routing.DEFAULT) -> int | None:
+        """The job's id, or None when one is already waiting for this transaction in ``queue`` or the defer failed."""
+        task = self.app.configure_task(
+            TASK, queue=queue, lock=lock_key or None, queueing_lock=queueing_lock(tx_id, identifier, queue)
+        )
         try:
             return task.defer(transaction_id=tx_id, identifier=identifier)
         except pq_exceptions.AlreadyEnqueued:
@@ -134,44 +158,81 @@ class ProcrastinateQueue:
             return None
 
 
-def _tx_status(sessions: Sessions, kwargs: dict[str, Any]) -> str | None:
-    """Status of the transaction a job is about, or None if it no longer exists (or is another one by now)."""
+def _tx_state(sessions: Sessions, kwargs: dict[str, Any]) -> tuple[str | None, str]:
+    """(status, queue) of the transaction a job is about; status None if it no longer exists (or is another one
+    by now)."""
     wanted = kwargs.get("identifier")
     with sessions() as db:
         tx = db.get(Transaction, kwargs.get("transaction_id"))
         if tx is None or (wanted is not None and tx.identifier != wanted):
-            return None
-        return tx.status
+            return None, routing.DEFAULT
+        return tx.status, tx.queue
 
 
-# Pending transactions with no job waiting or running for them. Reads procrastinate's table: the only query of
-# ours that does, kept here with the rest of the queue.
+def _tx_status(sessions: Sessions, kwargs: dict[str, Any]) -> str | None:
+    return _tx_state(sessions, kwargs)[0]
+
+
+# Pending transactions with no job waiting or running for them in their queue (a job in another queue is stale: the
+# VM moved). These two read procrastinate's table: the only queries of ours that do, kept here with the queue.
 _ORPHANS = text(
     """
-    SELECT t.id, t.identifier, COALESCE(t.lock_keys->>0, '') FROM transactions t
+    SELECT t.id, t.identifier, COALESCE(t.lock_keys->>0, ''), t.queue FROM transactions t
      WHERE t.status = 'pending'
        AND NOT EXISTS (
            SELECT 1 FROM procrastinate_jobs j
             WHERE j.task_name = :task AND j.status IN ('todo', 'doing')
-              AND j.args->>'transaction_id' = t.id::text AND j.args->>'identifier' = t.identifier)
+              AND j.args->>'transaction_id' = t.id::text AND j.args->>'identifier' = t.identifier
+              AND j.queue_name = t.queue)
      ORDER BY t.priority, t.id
+     LIMIT 500
+    """
+)
+# Waiting jobs whose transaction went to another queue: nobody should run them.
+_STALE_JOBS = text(
+    """
+    SELECT j.id FROM procrastinate_jobs j JOIN transactions t
+        ON j.args->>'transaction_id' = t.id::text AND j.args->>'identifier' = t.identifier
+     WHERE j.task_name = :task AND j.status = 'todo' AND t.status = 'pending' AND j.queue_name <> t.queue
      LIMIT 500
     """
 )
 
 
 def deliver_orphans(sessions: Sessions, queue: ProcrastinateQueue) -> list[int]:
-    """Defer every pending transaction that has no job; returns their ids."""
+    """Defer every pending transaction that has no job in its queue, to its queue; returns their ids."""
     with sessions() as db:
         orphans = db.execute(_ORPHANS, {"task": TASK}).all()
-    return [tx_id for tx_id, identifier, lock_key in orphans if queue.defer(tx_id, identifier, lock_key) is not None]
+    return [
+        tx_id
+        for tx_id, identifier, lock_key, tx_queue in orphans
+        if queue.defer(tx_id, identifier, lock_key, tx_queue) is not None
+    ]
+
+
+def _stale_jobs(sessions: Sessions) -> list[int]:
+    with sessions() as db:
+        return list(db.scalars(_STALE_JOBS, {"task": TASK}))
+
+
+def _prune_workers(sessions: Sessions) -> int:
+    with sessions() as db:
+        pruned = fleet.prune(db)
+        db.commit()
+        return pruned
 
 
 async def maintain(app: App, sessions: Sessions, queue: ProcrastinateQueue) -> dict[str, list[int]]:
     """Leave no transaction running for a dead worker, no job stuck on one, no pending transaction without a job.
 
     Returns what it did: recovered transaction ids, finished and re-delivered job ids, re-deferred transaction ids."""
-    done: dict[str, list[int]] = {"recovered": [], "finished_jobs": [], "retried_jobs": [], "redeferred": []}
+    done: dict[str, list[int]] = {
+        "recovered": [],
+        "finished_jobs": [],
+        "retried_jobs": [],
+        "redeferred": [],
+        "dropped_jobs": [],
+    }
     done["recovered"] = await asyncio.to_thread(execution.recover, sessions)
     manager = app.job_manager
     for job in await manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_WORKER_SECONDS):
@@ -186,6 +247,11 @@ async def maintain(app: App, sessions: Sessions, queue: ProcrastinateQueue) -> d
             await manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
             done["finished_jobs"].append(job.id)
     done["redeferred"] = await asyncio.to_thread(deliver_orphans, sessions, queue)
+    for job_id in await asyncio.to_thread(_stale_jobs, sessions):
+        if await manager.cancel_job_by_id_async(job_id, delete_job=True):
+            done["dropped_jobs"].append(job_id)
+    if pruned := await asyncio.to_thread(_prune_workers, sessions):
+        log.info("pruned %s workers silent for %s", pruned, fleet.PRUNE_AFTER)
     if any(done.values()):
         log.warning("job maintenance: %s", done)
     return done
@@ -198,26 +264,32 @@ def build_app(
     *,
     max_pool: int = 4,
     scheduler: Scheduler | None = None,
+    queues: list[str] | None = None,
+    worker_name: str | None = None,
 ) -> App:
-    """The worker-side app: an async psycopg pool of its own and its tasks, bound to ``sessions``."""
+    """The worker-side app: an async psycopg pool of its own and its tasks, bound to ``sessions``; its jobs run
+    transactions of ``queues`` only (None: of every queue), as ``worker_name`` (default: host:pid)."""
     app = App(connector=PsycopgConnector(conninfo=conninfo(database_url), min_size=1, max_size=max_pool))
     if scheduler is not None:
         _add_scheduling(app, scheduler)
 
     @app.task(name=TASK, retry=RETRY_NOT_CLAIMED)
     def run_transaction(transaction_id: int, identifier: str | None = None) -> str | None:
-        status = _tx_status(sessions, {"transaction_id": transaction_id, "identifier": identifier})
+        status, tx_queue = _tx_state(sessions, {"transaction_id": transaction_id, "identifier": identifier})
         if status != "pending":
             return status  # already run, cancelled, or a job from a former life of the database: nothing to do
-        result = execution.execute(sessions, transaction_id)
-        if result is None and _tx_status(sessions, {"transaction_id": transaction_id}) == "pending":
+        if not execution.serves(queues, tx_queue):
+            return f"moved to {tx_queue}"  # a stale job: `deliver_orphans` defers the transaction to its queue
+        result = execution.execute(sessions, transaction_id, worker_name, queues)
+        status, tx_queue = _tx_state(sessions, {"transaction_id": transaction_id})
+        if result is None and status == "pending" and execution.serves(queues, tx_queue):
             raise NotClaimed(f"transaction {transaction_id} could not be claimed yet")
         return result
 
     # queueing_lock: if every worker is busy, ticks do not pile up behind one another. No `lock`: a maintenance job
     # orphaned by a killed worker must not block the next one, which finishes it.
     @app.periodic(cron=MAINTENANCE_CRON)
-    @app.task(name=MAINTENANCE, queueing_lock=MAINTENANCE)
+    @app.task(name=MAINTENANCE, queue=PERIODIC_QUEUE, queueing_lock=MAINTENANCE)
     async def maintenance(timestamp: int) -> dict[str, list[int]]:
         return await maintain(app, sessions, queue)
 
@@ -231,13 +303,14 @@ def _add_scheduling(app: App, scheduler: Scheduler) -> None:
     every = max(1, min(59, int(scheduler.every)))
 
     @app.periodic(cron=f"* * * * * */{every}")
-    @app.task(name=AUTOBACKUPS, queueing_lock=AUTOBACKUPS)
+    @app.task(name=AUTOBACKUPS, queue=PERIODIC_QUEUE, queueing_lock=AUTOBACKUPS)
     def autobackup_tick(timestamp: int) -> None:
         scheduler.fire_due()
 
-    # A lock as well: one integrity check at a time across all workers keeps the I/O bound global.
+    # A lock as well: one integrity check at a time across all workers keeps the I/O bound global. Its own queue:
+    # only workers that can read stored data take it, each checking the backups of the servers it serves.
     @app.periodic(cron="* * * * *")
-    @app.task(name=INTEGRITY, queueing_lock=INTEGRITY, lock=INTEGRITY)
+    @app.task(name=INTEGRITY, queue=INTEGRITY_QUEUE, queueing_lock=INTEGRITY, lock=INTEGRITY)
     def integrity_check(timestamp: int) -> None:
         scheduler.check_one()
 
@@ -258,13 +331,27 @@ class ProcrastinateRunner:
         *,
         concurrency: int = 2,
         scheduler: Scheduler | None = None,
+        hypervisor_ids: list[int] | tuple[int, ...] = (),
+        backup_server_ids: list[int] | tuple[int, ...] = (),
+        name: str | None = None,
         **worker_options: Any,
     ) -> None:
         self.sessions = sessions
         self.concurrency = concurrency
+        self.hypervisor_ids, self.backup_server_ids = list(hypervisor_ids), list(backup_server_ids)
+        self.queues = routing.queues_of(self.hypervisor_ids, self.backup_server_ids)  # None: every queue
         self.queue = ProcrastinateQueue(engine)
-        self.app = build_app(database_url, sessions, self.queue, max_pool=concurrency + 3, scheduler=scheduler)
-        self.me = execution.worker_id()
+        self.me = name or execution.worker_id()
+        self.app = build_app(
+            database_url,
+            sessions,
+            self.queue,
+            max_pool=concurrency + 3,
+            scheduler=scheduler,
+            queues=self.queues,
+            worker_name=self.me,
+        )
+        self.heartbeat = fleet.Heartbeat(sessions, self.me, self.hypervisor_ids, self.backup_server_ids)
         self.worker_options = worker_options
         self._worker: ProcrastinateWorker | None = None
         self._stopping = False
@@ -274,12 +361,14 @@ class ProcrastinateRunner:
     def recover(self) -> None:
         """Before taking jobs: fail what a killed worker left running and clear its temporary files. Synchronous, so
         that no recovery thread outlives a worker stopped right after its start (and the engine it uses)."""
-        execution.recover(self.sessions, clean_storage=True)
+        storage = None if self.queues is None else self.backup_server_ids  # a dedicated worker: its servers only
+        execution.recover(self.sessions, clean_storage=True, backup_server_ids=storage)
 
     async def run(self, *, wait: bool = True, install_signal_handlers: bool = False) -> None:
         """Take jobs until stopped (or, with ``wait=False``, until none can start)."""
         options: dict[str, Any] = {
             "name": self.me,
+            "queues": listened(self.queues, self.backup_server_ids),
             "concurrency": self.concurrency,
             "wait": wait,
             "install_signal_handlers": install_signal_handlers,
@@ -315,17 +404,22 @@ class ProcrastinateRunner:
                 await asyncio.wait_for(done.wait(), PICKUP_SECONDS)
 
     async def _supervise(self) -> None:
-        while not self._stopping:
-            try:
-                await self.run()
-            except Exception:
-                log.exception("procrastinate worker failed")
-            if not self._stopping:
-                log.error("procrastinate worker stopped; restarting in %ss", RESTART_SECONDS)
-                for _ in range(int(RESTART_SECONDS * 10)):
-                    if self._stopping:
-                        break
-                    await asyncio.sleep(0.1)
+        # The heartbeat spans the restarts: the worker is there, only its database connection is not.
+        await asyncio.to_thread(self.heartbeat.start)
+        try:
+            while not self._stopping:
+                try:
+                    await self.run()
+                except Exception:
+                    log.exception("procrastinate worker failed")
+                if not self._stopping:
+                    log.error("procrastinate worker stopped; restarting in %ss", RESTART_SECONDS)
+                    for _ in range(int(RESTART_SECONDS * 10)):
+                        if self._stopping:
+                            break
+                        await asyncio.sleep(0.1)
+        finally:
+            await asyncio.to_thread(self.heartbeat.stop)
 
     async def run_forever(self) -> None:
         """Foreground (`vmbackup worker`): run, restarting after database errors (procrastinate's worker stops

@@ -29,8 +29,12 @@ class Scheduler:
         verify_interval_hours: float,
         verify_mib_per_second: float,
         on_queued: Callable[[list[int]], None] | None = None,
+        backup_server_ids: list[int] | None = None,
     ) -> None:
         self.sessions = sessions
+        # The integrity checks read stored data: those of these backup servers only (None: all), the ones the
+        # worker running them serves.
+        self.backup_server_ids = backup_server_ids
         self.every = every_seconds
         self.verify_interval_hours = verify_interval_hours
         self.verify_rate = verify_mib_per_second
@@ -57,7 +61,11 @@ class Scheduler:
 
     def check_one(self) -> None:
         integrity.run_due(
-            self.sessions, interval_hours=self.verify_interval_hours, mib_per_second=self.verify_rate, limit=1
+            self.sessions,
+            interval_hours=self.verify_interval_hours,
+            mib_per_second=self.verify_rate,
+            limit=1,
+            backup_server_ids=self.backup_server_ids,
         )
 
     def _loop(self, step: Callable[[], None]) -> None:
@@ -70,7 +78,12 @@ class Scheduler:
             self._stop.wait(self.every)
 
 
-def make_scheduler(settings: Settings, sessions: sessionmaker[Session], queue: JobQueue | None) -> Scheduler:
+def make_scheduler(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    queue: JobQueue | None,
+    backup_server_ids: list[int] | None = None,
+) -> Scheduler:
     def deliver(tx_ids: list[int]) -> None:
         if queue is None:
             return  # external workers find pending transactions themselves
@@ -86,4 +99,5 @@ def make_scheduler(settings: Settings, sessions: sessionmaker[Session], queue: J
         verify_interval_hours=settings.verify_interval_hours,
         verify_mib_per_second=settings.verify_max_mib_per_second,
         on_queued=deliver,
+        backup_server_ids=backup_server_ids,
     )

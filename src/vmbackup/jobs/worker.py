@@ -2,19 +2,21 @@
 
 Used in-process by ``vmbackup serve`` (the embedded default) and standalone by ``vmbackup worker``. The
 transactions table is the queue: a claim is one conditional UPDATE, so several workers never run the same
-transaction or two transactions with the same lock key.
+transaction or two transactions with the same lock key. A worker started for hypervisors or backup servers takes
+only the transactions of their queues (services/routing.py); its row in ``workers`` says what it serves.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from vmbackup.db.models import Transaction
-from vmbackup.services import execution
+from vmbackup.services import execution, fleet, routing
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +24,23 @@ RECOVERY_EVERY_SECONDS = 30.0
 
 
 class Worker:
-    def __init__(self, sessions: sessionmaker[Session], *, concurrency: int = 2, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        concurrency: int = 2,
+        poll_seconds: float = 1.0,
+        hypervisor_ids: Collection[int] = (),
+        backup_server_ids: Collection[int] = (),
+        name: str | None = None,
+    ) -> None:
         self.sessions = sessions
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
-        self.me = execution.worker_id()
+        self.me = name or execution.worker_id()
+        self.hypervisor_ids, self.backup_server_ids = list(hypervisor_ids), list(backup_server_ids)
+        self.queues = routing.queues_of(self.hypervisor_ids, self.backup_server_ids)  # None: every queue
+        self.heartbeat = fleet.Heartbeat(sessions, self.me, self.hypervisor_ids, self.backup_server_ids)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmbackup-tx")
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -34,7 +48,8 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        execution.recover(self.sessions, clean_storage=True)
+        execution.recover(self.sessions, clean_storage=True, backup_server_ids=self._storage_ids())
+        self.heartbeat.start()
         self._thread = threading.Thread(target=self._loop, name="vmbackup-worker", daemon=True)
         self._thread.start()
 
@@ -52,6 +67,11 @@ class Worker:
         if self._thread:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.heartbeat.stop()
+
+    def _storage_ids(self) -> list[int] | None:
+        """The backup servers whose storage this worker cleans at start: all for a worker serving everything."""
+        return None if self.queues is None else self.backup_server_ids
 
     def _loop(self) -> None:
         since_recovery = 0.0
@@ -61,11 +81,17 @@ class Worker:
                 since_recovery += self.poll_seconds
                 if since_recovery >= RECOVERY_EVERY_SECONDS:
                     execution.recover(self.sessions)
+                    self._prune()
                     since_recovery = 0.0
             except Exception:  # keep polling through database restarts; the failure is logged
                 log.exception("worker loop error")
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
+
+    def _prune(self) -> None:
+        with self.sessions() as db:
+            if fleet.prune(db):
+                db.commit()
 
     def run_pending(self) -> int:
         """Start what can start now; returns how many were started."""
@@ -75,7 +101,7 @@ class Worker:
             return 0
         with self.sessions() as db:
             busy = execution.busy_lock_keys(db) | {key for keys, _ in self._inflight.values() for key in keys}
-            candidates = [(tx.id, list(tx.lock_keys)) for tx in execution.pending(db)]
+            candidates = [(tx.id, list(tx.lock_keys)) for tx in execution.pending(db, queues=self.queues)]
         started = 0
         for tx_id, lock_keys in candidates:
             if started >= free:
@@ -90,7 +116,7 @@ class Worker:
 
     def _run(self, tx_id: int) -> str | None:
         try:
-            return execution.execute(self.sessions, tx_id, self.me)
+            return execution.execute(self.sessions, tx_id, self.me, self.queues)
         finally:
             self._wake.set()  # a finished transaction may unblock one waiting on its lock key
 
@@ -104,7 +130,7 @@ class Worker:
             for _, future in list(self._inflight.values()):
                 future.result(timeout=max(0.0, deadline - time.monotonic()))
             with self.sessions() as db:
-                if not execution.pending(db, limit=1) and not self._inflight_running():
+                if not execution.pending(db, limit=1, queues=self.queues) and not self._inflight_running():
                     return
             time.sleep(0.01)
         raise TimeoutError("transactions still pending")

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,7 +16,7 @@ from vmbackup.db.models import Backup, BackupServer, Transaction
 from vmbackup.db.queries import common
 from vmbackup.db.queries import transactions as q
 from vmbackup.errors import VmbackupError
-from vmbackup.services import tasks
+from vmbackup.services import fleet, tasks
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +97,32 @@ def _heartbeat(sessions: Sessions, tx_id: int, txlog: TxLog, stop: threading.Eve
             log.warning("heartbeat of transaction %s failed", tx_id, exc_info=True)
 
 
-def execute(sessions: Sessions, tx_id: int, me: str | None = None) -> str | None:
-    """Run transaction ``tx_id`` if it can be claimed now; returns its final status, or None if not claimed."""
+def serves(queues: Collection[str] | None, queue: str) -> bool:
+    """A worker serving ``queues`` (None: every queue) may run a transaction of ``queue``."""
+    return queues is None or queue in queues
+
+
+def execute(sessions: Sessions, tx_id: int, me: str | None = None, queues: Collection[str] | None = None) -> str | None:
+    """Run transaction ``tx_id`` if it can be claimed now; returns its final status, or None if not claimed.
+
+    ``queues``: those of the worker (None: every queue). A transaction of another queue is not claimed: its VM
+    moved to a hypervisor this worker cannot reach (the job delivered before the move is stale)."""
     me = me or worker_id()
     with sessions() as db:
         tx = db.get(Transaction, tx_id)
-        if tx is None or tx.status != "pending" or not q.claim(db, tx_id, list(tx.lock_keys), me, os.getpid(), _now()):
+        if tx is None or tx.status != "pending":
+            return None
+        if not serves(queues, tx.queue):
+            log.info("transaction %s is for %s, not for worker %s", tx_id, tx.queue, me)
+            return None
+        if not q.claim(db, tx_id, list(tx.lock_keys), me, os.getpid(), _now(), queues):
             return None
         db.refresh(tx)
         db.expunge(tx)
     txlog = TxLog(tx.log_output)
-    txlog(f"Started by worker {me} (attempt {tx.attempts})")
+    txlog(
+        f"Started on host {socket.gethostname()} by worker {me} serving {fleet.serving(queues)} (attempt {tx.attempts})"
+    )
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(sessions, tx_id, txlog, stop), daemon=True)
     beat.start()
@@ -158,11 +174,14 @@ def _is_dead(tx: Transaction, now: datetime, host: str) -> bool:
     return beat is None or now - beat > timedelta(seconds=STALL_SECONDS)
 
 
-def recover(sessions: Sessions, *, clean_storage: bool = False) -> list[int]:
+def recover(
+    sessions: Sessions, *, clean_storage: bool = False, backup_server_ids: Collection[int] | None = None
+) -> list[int]:
     """Fail the running transactions whose worker is gone; returns their ids.
 
     With ``clean_storage`` (worker start-up, when nothing else runs) it also removes the temporary files a
-    killed worker left in every backup server's storage."""
+    killed worker left in the storage of every backup server, or of ``backup_server_ids`` only (a dedicated
+    worker: the other servers' storage may not even be mounted on its host)."""
     now, host = _now(), socket.gethostname()
     recovered = []
     with sessions() as db:
@@ -188,6 +207,8 @@ def recover(sessions: Sessions, *, clean_storage: bool = False) -> list[int]:
             if not q.running(db):
                 tasks.clean_scratch(sessions)
                 for server in common.all_of(db, BackupServer):
+                    if backup_server_ids is not None and server.id not in backup_server_ids:
+                        continue
                     try:
                         tasks.engine_for(server).recover()
                     except Exception:
@@ -195,9 +216,9 @@ def recover(sessions: Sessions, *, clean_storage: bool = False) -> list[int]:
     return recovered
 
 
-def pending(db: Session, limit: int = 50) -> list[Transaction]:
-    """What is waiting to run, in the order it should start (the polling worker's queue)."""
-    return q.pending(db, limit)
+def pending(db: Session, limit: int = 50, queues: Collection[str] | None = None) -> list[Transaction]:
+    """What is waiting to run in ``queues`` (None: all), in the order it should start (the polling worker's)."""
+    return q.pending(db, limit, queues)
 
 
 def busy_lock_keys(db: Session) -> set[str]:

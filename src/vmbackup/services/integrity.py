@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select
@@ -38,7 +39,11 @@ class Throttle:
             time.sleep(min(ahead, 5.0))
 
 
-def due(db: Session, now: datetime, interval: timedelta, limit: int) -> list[int]:
+def due(
+    db: Session, now: datetime, interval: timedelta, limit: int, backup_server_ids: Collection[int] | None = None
+) -> list[int]:
+    """Backups to check next; on ``backup_server_ids`` only unless None (a worker reads only the stored data of
+    the backup servers it serves: another one's storage may not even be mounted on its host)."""
     q = (
         select(Backup.id)
         .where(Backup.built.is_(True), Backup.locked.is_(False), Backup.marked_for_delete.is_(False))
@@ -46,6 +51,8 @@ def due(db: Session, now: datetime, interval: timedelta, limit: int) -> list[int
         .order_by(Backup.verified_at.is_not(None), Backup.verified_at, Backup.id)
         .limit(limit)
     )
+    if backup_server_ids is not None:
+        q = q.where(Backup.backup_server_id.in_(list(backup_server_ids)))
     return list(db.scalars(q))
 
 
@@ -86,10 +93,12 @@ def run_due(
     mib_per_second: float,
     limit: int = 10,
     now: datetime | None = None,
+    backup_server_ids: Collection[int] | None = None,
 ) -> dict[int, bool]:
-    """Check up to ``limit`` backups whose last check is older than the interval; returns id -> intact."""
-    if interval_hours <= 0:
+    """Check up to ``limit`` backups whose last check is older than the interval, of ``backup_server_ids`` only
+    unless None; returns id -> intact."""
+    if interval_hours <= 0 or (backup_server_ids is not None and not backup_server_ids):
         return {}
     with sessions() as db:
-        ids = due(db, now or _now(), timedelta(hours=interval_hours), limit)
+        ids = due(db, now or _now(), timedelta(hours=interval_hours), limit, backup_server_ids)
     return {backup_id: check(sessions, backup_id, mib_per_second) for backup_id in ids}

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Transaction, User
 from vmbackup.db.queries import transactions as q
-from vmbackup.services import routing
+from vmbackup.services import fleet, routing
 from vmbackup.services.access import find_owned, owner_scope
 from vmbackup.services.machines import get_vm
 
@@ -27,6 +27,7 @@ def create(
     lock_keys: list[str],
     params: dict[str, Any] | None = None,
 ) -> Transaction:
+    queue = routing.queue_for(db, action, parent_type, parent_id, vm_id)
     tx = Transaction(
         action=action,
         parent_type=parent_type,
@@ -37,7 +38,10 @@ def create(
         lock_keys=lock_keys,
         params=params or {},
         status="pending",
-        queue=routing.queue_for(db, action, parent_type, parent_id, vm_id),
+        queue=queue,
+        # No live worker for its queue: said at once, not left for the owner to wonder (fleet.note_waiting says
+        # it later for a worker that dies after this).
+        log_output=fleet.waiting_log(db, queue),
     )
     db.add(tx)
     db.flush()

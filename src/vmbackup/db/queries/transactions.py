@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import delete, false, func, insert, select, text, update
@@ -18,8 +19,11 @@ def page(db: Session, *, user_id: int | None, vm_id: int | None, offset: int, li
     return list(db.scalars(q))
 
 
-def pending(db: Session, limit: int = 50) -> list[Transaction]:
+def pending(db: Session, limit: int = 50, queues: Collection[str] | None = None) -> list[Transaction]:
+    """Pending transactions in start order; of ``queues`` only, unless None."""
     q = select(Transaction).where(Transaction.status == "pending").order_by(Transaction.priority, Transaction.id)
+    if queues is not None:
+        q = q.where(Transaction.queue.in_(list(queues)))
     return list(db.scalars(q.limit(limit)))
 
 
@@ -38,12 +42,24 @@ def _take_keys(db: Session, keys: list[str], tx_id: int | None, holder: str, now
         db.execute(insert(Lock).values(key=key, transaction_id=tx_id, holder=holder, acquired_at=now))
 
 
-def claim(db: Session, tx_id: int, lock_keys: list[str], worker: str, pid: int, now: datetime) -> bool:
-    """pending -> running, only if still pending and every lock key can be taken, all in one database transaction:
+def claim(
+    db: Session,
+    tx_id: int,
+    lock_keys: list[str],
+    worker: str,
+    pid: int,
+    now: datetime,
+    queues: Collection[str] | None = None,
+) -> bool:
+    """pending -> running, only if still pending (in one of ``queues`` unless None: a VM moved meanwhile is not
+    claimed by its old hypervisor's worker) and every lock key can be taken, all in one database transaction:
     either the transaction runs holding all its keys, or nothing changed."""
+    where = [Transaction.id == tx_id, Transaction.status == "pending"]
+    if queues is not None:
+        where.append(Transaction.queue.in_(list(queues)))
     stmt = (
         update(Transaction)
-        .where(Transaction.id == tx_id, Transaction.status == "pending")
+        .where(*where)
         .values(
             status="running",
             worker=worker,
