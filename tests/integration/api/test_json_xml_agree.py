@@ -37,7 +37,9 @@ def from_xml(el: ElementTree.Element) -> Any:
         return None
     kind, text = el.get("type"), el.text or ""
     if kind == "array":
-        return [from_xml(child) for child in el]
+        # Items that are hashes are OnApp roots, wrapped in their name in JSON (`[{"ip_address": {...}}]`) and
+        # written once in XML (`<ip_addresses type="array"><ip_address><address>...`), as Rails does.
+        return [{child.tag: from_xml(child)} if len(child) else from_xml(child) for child in el]
     if kind == "integer":
         return int(text)
     if kind == "float":
