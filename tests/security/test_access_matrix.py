@@ -282,7 +282,9 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
         ids["hv_zone"] = api.create("/settings/hypervisor_zones.json", "hypervisor_group", label="hz1")["id"]
         ids["hypervisor"] = api.create("/settings/hypervisors.json", "hypervisor", label="hv1")["id"]
         ids["hv_join"] = api.create(
-            f"/settings/hypervisors/{ids['hypervisor']}/backup_server_joins.json", "backup_server_join", backup_server_id=1
+            f"/settings/hypervisors/{ids['hypervisor']}/backup_server_joins.json",
+            "backup_server_join",
+            backup_server_id=1,
         )["id"]
         ids["zone_join"] = api.create(
             f"/settings/hypervisor_zones/{ids['hv_zone']}/backup_server_joins.json",

@@ -104,7 +104,16 @@ def scene(app, api):
     zone = api.create("/settings/backup_server_zones.json", "backup_server_group", label=NASTY)
     storage = str(app.state.settings.data_dir / "second-storage")
     api.create("/settings/backup_servers.json", "backup_server", label=NASTY, ip_address=NASTY, storage_path=storage)
-    vm = api.vm(alice["id"], tpl["id"], label=NASTY, hostname=NASTY)
+    hv_zone = api.create("/settings/hypervisor_zones.json", "hypervisor_group", label=NASTY)
+    hv = api.create(
+        "/settings/hypervisors.json", "hypervisor", label=NASTY, ip_address=NASTY, hypervisor_group_id=hv_zone["id"]
+    )
+    for kind, target in (("hypervisors", hv), ("hypervisor_zones", hv_zone)):
+        api.create(
+            f"/settings/{kind}/{target['id']}/backup_server_joins.json", "backup_server_join", backup_server_id=1
+        )
+    vm = api.vm(alice["id"], tpl["id"], label=NASTY, hostname=NASTY, hypervisor_id=hv["id"])
+    api.create(f"/virtual_machines/{vm['id']}/ip_addresses.json", "ip_address", address="10.0.0.5", prefix=24)
     disk = api.disk(
         vm["id"], ds["id"], label=NASTY, mount_point=NASTY, file_system=NASTY, image_path="/nonexistent/agree.img"
     )
