@@ -219,12 +219,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/virtual_machines/{vm_id}/backups#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
     ("GET", "/virtual_machines/{vm_id}/disks#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
     ("GET", "/virtual_machines/{vm_id}/status#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
-    ("GET", "/virtual_machines/{vm_id}/transactions#identifier"): Row(
-        200, 200, 404, params={"vm_id": "vm_identifier"}
-    ),
-    ("GET", "/virtual_machines/{vm_id}/ip_addresses#identifier"): Row(
-        200, 200, 404, params={"vm_id": "vm_identifier"}
-    ),
+    ("GET", "/virtual_machines/{vm_id}/transactions#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
+    ("GET", "/virtual_machines/{vm_id}/ip_addresses#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
     ("POST", "/virtual_machines/{vm_id}/backups#identifier"): _owned(201, vm_id="vm_identifier"),
     ("GET", "/virtual_machines/{vm_id}#unknown"): Row(404, 404, 404, params={"vm_id": "unknown_identifier"}),
     ("GET", "/virtual_machines/{vm_id}/backups#unknown"): Row(404, 404, 404, params={"vm_id": "unknown_identifier"}),
