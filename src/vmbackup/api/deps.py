@@ -137,7 +137,8 @@ def resolve_vm(vm_id: Annotated[str, Path()], ctx: Ctx) -> int:
         return int(vm_id)
     found = machines.resolve_vm_id(ctx.db, vm_id)
     if found is None:
-        raise NotFound("VirtualMachine not found")
+        # As for any malformed path id (api/errors.py), unless it could be an identifier: then no such VM.
+        raise NotFound("VirtualMachine not found" if machines.is_identifier(vm_id) else "Resource not found")
     ctx.db.commit()  # the connection goes back to the pool before the handler's thread wait, as in get_context
     return found
 

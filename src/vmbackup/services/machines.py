@@ -46,10 +46,15 @@ def get_vm(db: Session, actor: User, vm_id: int) -> VirtualMachine:
 _IDENTIFIER = re.compile(r"[a-z0-9]{14}")
 
 
+def is_identifier(text: str) -> bool:
+    """Whether ``text`` has the form of an identifier (db/base.py ``new_identifier``)."""
+    return _IDENTIFIER.fullmatch(text) is not None
+
+
 def resolve_vm_id(db: Session, identifier: str) -> int | None:
     """The id of the VM whose 14-character ``identifier`` this is (OnApp clients put it in URLs), or None. Who may
     see that VM is for the caller of ``get_vm`` to decide, as for a numeric id."""
-    if not _IDENTIFIER.fullmatch(identifier):
+    if not is_identifier(identifier):
         return None
     return fleet.vm_id_of(db, identifier)
 

@@ -89,6 +89,8 @@ def test_another_users_or_an_unknown_identifier_is_404(api, scene):
 )
 def test_anything_else_names_no_vm(api, scene, name):
     r = api.get(f"/virtual_machines/{name}.json")
+    assert r.status_code == 404 and r.json() == {"errors": ["Resource not found"]}  # as for any malformed id
+    r = api.get("/virtual_machines/zzzzzzzzzzzzzz.json")
     assert r.status_code == 404 and r.json() == {"errors": ["VirtualMachine not found"]}
 
 
