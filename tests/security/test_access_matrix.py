@@ -172,6 +172,58 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/virtual_machines/{vm_id}/autobackup_disable"): _owned(200),
     ("POST", "/settings/disks/{disk_id}/autobackup_enable"): _owned(200),
     ("POST", "/settings/disks/{disk_id}/autobackup_disable"): _owned(200),
+    # the fleet: users never see hypervisors, their zones or joins (issue 11)
+    ("GET", "/settings/hypervisors"): ADMIN_ONLY_READ,
+    ("POST", "/settings/hypervisors"): _admin_only(201, {"hypervisor": {"label": "hv9", "hypervisor_type": "xen"}}),
+    ("GET", "/settings/hypervisors/{hypervisor_id}"): _admin_only(200, hypervisor_id="hypervisor"),
+    ("PUT", "/settings/hypervisors/{hypervisor_id}"): _admin_only(
+        204, {"hypervisor": {"label": "hv8"}}, hypervisor_id="hypervisor"
+    ),
+    ("DELETE", "/settings/hypervisors/{hypervisor_id}"): _admin_only(204, hypervisor_id="hypervisor"),
+    ("GET", "/settings/hypervisors/{hypervisor_id}/backup_server_joins"): _admin_only(200, hypervisor_id="hypervisor"),
+    ("POST", "/settings/hypervisors/{hypervisor_id}/backup_server_joins"): _admin_only(
+        201, {"backup_server_join": {"backup_server_id": "SERVER_2"}}, hypervisor_id="hypervisor"
+    ),
+    ("DELETE", "/settings/hypervisors/{hypervisor_id}/backup_server_joins/{join_id}"): _admin_only(
+        204, hypervisor_id="hypervisor", join_id="hv_join"
+    ),
+    ("GET", "/settings/hypervisor_zones"): ADMIN_ONLY_READ,
+    ("POST", "/settings/hypervisor_zones"): _admin_only(201, {"hypervisor_group": {"label": "hz9"}}),
+    ("GET", "/settings/hypervisor_zones/{hypervisor_zone_id}"): _admin_only(200, hypervisor_zone_id="hv_zone"),
+    ("PUT", "/settings/hypervisor_zones/{hypervisor_zone_id}"): _admin_only(
+        204, {"hypervisor_group": {"label": "hz8"}}, hypervisor_zone_id="hv_zone"
+    ),
+    ("DELETE", "/settings/hypervisor_zones/{hypervisor_zone_id}"): _admin_only(204, hypervisor_zone_id="hv_zone"),
+    ("GET", "/settings/hypervisor_zones/{hypervisor_zone_id}/backup_server_joins"): _admin_only(
+        200, hypervisor_zone_id="hv_zone"
+    ),
+    ("POST", "/settings/hypervisor_zones/{hypervisor_zone_id}/backup_server_joins"): _admin_only(
+        201, {"backup_server_join": {"backup_server_id": "SERVER_2"}}, hypervisor_zone_id="hv_zone"
+    ),
+    ("DELETE", "/settings/hypervisor_zones/{hypervisor_zone_id}/backup_server_joins/{join_id}"): _admin_only(
+        204, hypervisor_zone_id="hv_zone", join_id="zone_join"
+    ),
+    # a VM's status and addresses: the owner reads, admins assign
+    ("GET", "/virtual_machines/{vm_id}/status"): OWNED_READ,
+    ("GET", "/virtual_machines/{vm_id}/ip_addresses"): OWNED_READ,
+    ("POST", "/virtual_machines/{vm_id}/ip_addresses"): _admin_only(
+        201, {"ip_address": {"address": "192.0.2.50", "prefix": 24}}
+    ),
+    ("DELETE", "/virtual_machines/{vm_id}/ip_addresses/{ip_id}"): _admin_only(204),
+    # a VM by its identifier: the same answers as by its number; someone else's, or nobody's, is a 404
+    ("GET", "/virtual_machines/{vm_id}#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
+    ("PUT", "/virtual_machines/{vm_id}#identifier"): _admin_only(
+        204, {"virtual_machine": {"label": "renamed"}}, vm_id="vm_identifier"
+    ),
+    ("DELETE", "/virtual_machines/{vm_id}#identifier"): _admin_only(204, vm_id="vm_identifier"),
+    ("GET", "/virtual_machines/{vm_id}/backups#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
+    ("GET", "/virtual_machines/{vm_id}/disks#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
+    ("GET", "/virtual_machines/{vm_id}/status#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
+    ("GET", "/virtual_machines/{vm_id}/transactions#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
+    ("GET", "/virtual_machines/{vm_id}/ip_addresses#identifier"): Row(200, 200, 404, params={"vm_id": "vm_identifier"}),
+    ("POST", "/virtual_machines/{vm_id}/backups#identifier"): _owned(201, vm_id="vm_identifier"),
+    ("GET", "/virtual_machines/{vm_id}#unknown"): Row(404, 404, 404, params={"vm_id": "unknown_identifier"}),
+    ("GET", "/virtual_machines/{vm_id}/backups#unknown"): Row(404, 404, 404, params={"vm_id": "unknown_identifier"}),
 }
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
@@ -224,6 +276,18 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
         )["id"]
         ids["zone"] = api.create("/settings/backup_server_zones.json", "backup_server_group", label="z1")["id"]
         ids["preset"] = api.get("/settings/autobackup_presets.json").json()[0]["autobackup_template"]["id"]
+        ids["hv_zone"] = api.create("/settings/hypervisor_zones.json", "hypervisor_group", label="hz1")["id"]
+        ids["hypervisor"] = api.create("/settings/hypervisors.json", "hypervisor", label="hv1")["id"]
+        ids["hv_join"] = api.create(
+            f"/settings/hypervisors/{ids['hypervisor']}/backup_server_joins.json",
+            "backup_server_join",
+            backup_server_id=1,
+        )["id"]
+        ids["zone_join"] = api.create(
+            f"/settings/hypervisor_zones/{ids['hv_zone']}/backup_server_joins.json",
+            "backup_server_join",
+            backup_server_id=1,
+        )["id"]
         for login in ("alice", "bob"):
             user = api.as_(login, PASSWORDS[login])
             vm = api.vm(ids[login], ids["template"], label=f"{login}-vm")
@@ -237,8 +301,16 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
             schedule = user.post(f"/settings/disks/{disk['id']}/schedules.json", SCHEDULE)
             assert schedule.status_code == 201, schedule.text
             tx = user.get("/transactions.json").json()[0]["transaction"]["id"]
+            ip = api.create(
+                f"/virtual_machines/{vm['id']}/ip_addresses.json",
+                "ip_address",
+                address=f"198.51.100.{len(ids)}",
+                prefix=24,
+            )
             ids[f"{login}_objects"] = {
                 "vm": vm["id"],
+                "identifier": vm["identifier"],
+                "ip": ip["id"],
                 "disk": disk["id"],
                 "backup": backup,
                 "template": template.json()["image_template"]["id"],
@@ -277,6 +349,9 @@ def _values(ids: dict[str, Any], owner: str) -> dict[str, str]:
         "server_id": str(ids["server_2"]),
         "page": "1",
         "per_page": "5",
+        "ip_id": str(mine["ip"]),
+        "vm_identifier": mine["identifier"],
+        "unknown_identifier": "zzzzzzzzzzzzzz",
         **{k: str(v) for k, v in ids.items() if isinstance(v, int)},
     }
 
@@ -288,6 +363,7 @@ def _fill(value: Any, ids: dict[str, Any], tmp: Path) -> Any:
         "DATA_STORE": ids["data_store_1"],
         "DISK": ids["alice_objects"]["disk"],
         "STORE": str(tmp / "store9"),
+        "SERVER_2": ids["server_2"],
     }
     if isinstance(value, dict):
         return {k: _fill(v, ids, tmp) for k, v in value.items()}

@@ -17,8 +17,9 @@ from starlette.responses import Response
 
 from vmbackup.api import formats
 from vmbackup.db.models import Transaction, User
-from vmbackup.errors import Unauthorized
+from vmbackup.errors import NotFound, Unauthorized
 from vmbackup.jobs.queue import JobQueue
+from vmbackup.services import machines
 from vmbackup.services.access import require_admin
 from vmbackup.services.auth import Authenticator, sign_in
 
@@ -65,7 +66,6 @@ def authenticate(request: Request, db: Session) -> User:
     login, secret = _credentials(request)
     state = request.app.state
     return sign_in(db, state.auth, state.throttle, state.changes, login, secret, _client_address(request))
-
 
 
 @dataclass
@@ -124,3 +124,23 @@ def get_admin_context(ctx: Ctx) -> Context:
 
 
 AdminCtx = Annotated[Context, Depends(get_admin_context)]
+
+
+def resolve_vm(vm_id: Annotated[str, Path()], ctx: Ctx) -> int:
+    """The ``{vm_id}`` of a ``/virtual_machines/...`` path as a VM id: its number, or its 14-character identifier
+    (OnApp clients such as libcloud's driver put that in URLs; one made of digits only is tried as both). Anything
+    else names no VM: 404.
+
+    Resolved after authentication (``ctx``), so an anonymous caller cannot learn which identifiers exist; whether
+    the caller may see the VM is then decided as for a number, by the service the handler calls."""
+    if vm_id.isascii() and vm_id.isdigit() and len(vm_id) <= 10 and 1 <= int(vm_id) <= MAX_ID:
+        return int(vm_id)
+    found = machines.resolve_vm_id(ctx.db, vm_id)
+    if found is None:
+        # As for any malformed path id (api/errors.py), unless it could be an identifier: then no such VM.
+        raise NotFound("VirtualMachine not found" if machines.is_identifier(vm_id) else "Resource not found")
+    ctx.db.commit()  # the connection goes back to the pool before the handler's thread wait, as in get_context
+    return found
+
+
+VmId = Annotated[int, Depends(resolve_vm)]

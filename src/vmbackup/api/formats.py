@@ -27,6 +27,14 @@ def plural(root: str) -> str:
     return root + "es" if root.endswith("s") else root + "s"
 
 
+def singular(name: str) -> str:
+    """The item name of a list called ``name``, inverting ``plural`` ("ip_addresses" -> "ip_address"); a name
+    that is no plural stays as it is, as Rails's singularize leaves "virtualization"."""
+    if name.endswith("sses"):
+        return name[:-2]
+    return name[:-1] if name.endswith("s") else name
+
+
 def _ts(value: datetime, tz: tzinfo) -> str:
     # OnApp: ISO 8601, seconds precision, numeric offset, in the user's time zone.
     return value.astimezone(tz).replace(microsecond=0).isoformat()
@@ -65,8 +73,12 @@ def _xml_element(name: str, value: Any, tz: tzinfo, indent: int, out: list[str])
             out.append(f'{pad}<{name} type="array"/>')
             return
         out.append(f'{pad}<{name} type="array">')
-        item_name = name[:-1] if name.endswith("s") else name
+        item_name = singular(name)
         for item in value:
+            # A nested list of OnApp roots (`"ip_addresses": [{"ip_address": {...}}]`) is, in Rails's XML, a list
+            # of those elements: `<ip_addresses type="array"><ip_address><address>...`, not one wrapped twice.
+            if isinstance(item, Mapping) and len(item) == 1 and item_name in item:
+                item = item[item_name]
             _xml_element(item_name, item, tz, indent + 1, out)
         out.append(f"{pad}</{name}>")
     else:
@@ -100,7 +112,7 @@ def render(fmt: str, doc_root: str, payload: Any, tz: tzinfo, status: int = 200)
 def _json_shape(doc_root: str, payload: Any) -> Any:
     # Lists in JSON are arrays of objects each wrapped in its root key; single objects are wrapped once.
     if isinstance(payload, list):
-        item_root = doc_root[:-1] if doc_root.endswith("s") else doc_root
+        item_root = singular(doc_root)
         return [{item_root: item} for item in payload]
     return {doc_root: payload}
 

@@ -37,9 +37,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vmbackup.db.changes import ChangeClock
 from vmbackup.services.auth import LoginThrottle
 
-# The listing routes of api/routes/backups.py (after OnAppMiddleware removed the suffix and extra slashes).
+# The listing routes of api/routes/backups.py (after OnAppMiddleware removed the suffix and extra slashes); a VM by
+# its number or its identifier (api/deps.py VmId): two keys for one listing, both ended by the same change clock.
 _LISTING = re.compile(
-    r"/(?:virtual_machines/\d+(?:/backups(?:/images|/files)?|/disks/\d+/backups)"
+    r"/(?:virtual_machines/(?:\d+|[a-z0-9]{14})(?:/backups(?:/images|/files)?|/disks/\d+/backups)"
     r"|settings/disks/\d+/backups|users/\d+/backups)"
 )
 

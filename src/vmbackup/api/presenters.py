@@ -12,10 +12,14 @@ from vmbackup.db.models import (
     AutobackupPreset,
     Backup,
     BackupServer,
+    BackupServerJoin,
     BackupServerZone,
     DataStore,
     Disk,
+    Hypervisor,
+    HypervisorZone,
     ImageTemplate,
+    IpAddress,
     Schedule,
     ScheduleLog,
     Transaction,
@@ -160,6 +164,8 @@ def backup_server(s: BackupServer, cpu_idle: int | None = None) -> Fields:
 
 
 def virtual_machine(vm: VirtualMachine) -> Fields:
+    """Every field of reference sections 5.3 and 10, typed as OnApp sends them (libcloud's driver reads
+    ``ip_addresses`` unconditionally, so it is always there, ``[]`` when none)."""
     t = vm.template
     return {
         "id": vm.id,
@@ -175,15 +181,100 @@ def virtual_machine(vm: VirtualMachine) -> Fields:
         "booted": vm.booted,
         "locked": vm.locked,
         "suspended": vm.suspended,
+        "state": vm.state,
+        "recovery_mode": vm.recovery_mode,
         "memory": vm.memory,
         "cpus": vm.cpus,
+        "cpu_shares": vm.cpu_shares,
+        "total_disk_size": sum(d.disk_size for d in vm.disks),
         "min_disk_size": t.min_disk_size,
+        "hypervisor_id": vm.hypervisor_id,
+        "hypervisor_type": vm.hypervisor.hypervisor_type if vm.hypervisor is not None else None,
+        "storage_server_type": vm.storage_server_type,
         "allowed_swap": t.allowed_swap,
         "allowed_hot_migrate": t.allowed_hot_migrate,
         "allow_resize_without_reboot": t.allow_resize_without_reboot,
         "support_incremental_backups": True,
+        "deleted_at": None,
+        "ip_addresses": [{"ip_address": ip_address(ip, vm)} for ip in vm.ip_addresses],
         "created_at": vm.created_at,
         "updated_at": vm.updated_at,
+    }
+
+
+def vm_status(vm: VirtualMachine) -> Fields:
+    """``GET /virtual_machines/:id/status``: the few fields integrations poll (reference section 10)."""
+    return {
+        "id": vm.id,
+        "identifier": vm.identifier,
+        "hostname": vm.hostname,
+        "template_id": vm.template_id,
+        "built": vm.built,
+        "locked": vm.locked,
+        "booted": vm.booted,
+        "operating_system": vm.template.operating_system,
+        "suspended": vm.suspended,
+        "enable_autoscale": False,
+        "state": vm.state,
+    }
+
+
+def ip_address(ip: IpAddress, vm: VirtualMachine) -> Fields:
+    # OnApp shows an address with the hypervisor and owner of the VM it is assigned to.
+    return {
+        "id": ip.id,
+        "address": ip.address,
+        "broadcast": ip.broadcast,
+        "gateway": ip.gateway,
+        "network_address": ip.network_address,
+        "prefix": ip.prefix,
+        "ipv4": ip.ipv4,
+        "hypervisor_id": vm.hypervisor_id,
+        "ip_net_id": ip.ip_net_id,
+        "ip_range_id": ip.ip_range_id,
+        "network_id": ip.network_id,
+        "user_id": vm.user_id,
+        "created_at": ip.created_at,
+        "updated_at": ip.updated_at,
+    }
+
+
+def hypervisor(h: Hypervisor, online: bool) -> Fields:
+    return {
+        "id": h.id,
+        "label": h.label,
+        "identifier": h.identifier,
+        "ip_address": h.ip_address,
+        "hypervisor_type": h.hypervisor_type,
+        "enabled": h.enabled,
+        "online": online,
+        "hypervisor_group_id": h.hypervisor_group_id,
+        "created_at": h.created_at,
+        "updated_at": h.updated_at,
+    }
+
+
+def hypervisor_zone(z: HypervisorZone) -> Fields:
+    return {
+        "id": z.id,
+        "label": z.label,
+        "identifier": z.identifier,
+        "location_group_id": z.location_group_id,
+        "closed": z.closed,
+        "server_type": z.server_type,
+        "created_at": z.created_at,
+        "updated_at": z.updated_at,
+    }
+
+
+def backup_server_join(j: BackupServerJoin) -> Fields:
+    return {
+        "id": j.id,
+        "backup_server_id": j.backup_server_id,
+        "target_join_id": j.target_join_id,
+        "target_join_type": j.target_join_type,
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
     }
 
 

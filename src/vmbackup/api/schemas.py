@@ -127,6 +127,9 @@ class BackupServerUpdate(InputModel):
     storage_path: Path = unchanged()
 
 
+CpuShares = Annotated[int, Field(ge=1, le=100_000)]
+
+
 class VirtualMachineCreate(InputModel):
     label: Label
     hostname: Name | None = None
@@ -134,7 +137,9 @@ class VirtualMachineCreate(InputModel):
     template_id: Id
     memory: Annotated[int, Field(ge=1, le=2**24)] = 512
     cpus: Annotated[int, Field(ge=1, le=1024)] = 1
+    cpu_shares: CpuShares = 1
     booted: bool = False
+    hypervisor_id: Id | None = None
 
 
 class VirtualMachineUpdate(InputModel):
@@ -150,13 +155,24 @@ class VirtualMachineUpdate(InputModel):
         "allowed_hot_migrate",
         "allow_resize_without_reboot",
         "support_incremental_backups",
+        # derived or OnApp's own state: shown, never set through the API
+        "template_id",
+        "state",
+        "recovery_mode",
+        "storage_server_type",
+        "total_disk_size",
+        "hypervisor_type",
+        "deleted_at",
+        "ip_addresses",
     }
     label: Label = unchanged()
     hostname: Name | None = None
     user_id: Id = unchanged()
     memory: Annotated[int, Field(ge=1, le=2**24)] = unchanged()
     cpus: Annotated[int, Field(ge=1, le=1024)] = unchanged()
+    cpu_shares: CpuShares = unchanged()
     booted: bool = unchanged()
+    hypervisor_id: Id | None = None  # moving the VM (null: on no hypervisor, backed up by any worker)
 
 
 class DiskCreate(InputModel):
@@ -260,3 +276,52 @@ class ZoneUpdate(InputModel):
     location_group_id: Id | None = None
     closed: bool = unchanged()
     server_type: Literal["virtual", "baremetal"] = unchanged()
+
+
+# OnApp's hypervisor types (its hypervisor create form and API docs).
+HypervisorType = Literal["kvm", "xen", "vmware", "hyperv", "vcloud", "baremetal"]
+
+
+class HypervisorCreate(InputModel):
+    label: Label
+    ip_address: Name64 | None = None
+    hypervisor_type: HypervisorType = "kvm"
+    enabled: bool = True
+    hypervisor_group_id: Id | None = None
+
+
+class HypervisorUpdate(InputModel):
+    read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"online"}
+    label: Label = unchanged()
+    ip_address: Name64 | None = None
+    hypervisor_type: HypervisorType = unchanged()
+    enabled: bool = unchanged()
+    hypervisor_group_id: Id | None = None
+
+
+class HypervisorZoneCreate(ZoneCreate):
+    """The same fields as a backup server zone's (OnApp's groups share them)."""
+
+
+class HypervisorZoneUpdate(ZoneUpdate):
+    pass
+
+
+class BackupServerJoinCreate(InputModel):
+    read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"target_join_id", "target_join_type"}
+    backup_server_id: Id
+
+
+Address = Annotated[str, StringConstraints(min_length=1, max_length=64)]  # checked by services/machines.py
+
+
+class IpAddressCreate(InputModel):
+    read_only: ClassVar[frozenset[str]] = InputModel.read_only | {"ipv4", "hypervisor_id", "user_id"}
+    address: Address
+    prefix: Annotated[int, Field(ge=0, le=128)] | None = None
+    gateway: Address | None = None
+    broadcast: Address | None = None
+    network_address: Address | None = None
+    ip_net_id: Id | None = None
+    ip_range_id: Id | None = None
+    network_id: Id | None = None

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from vmbackup.db.models import DataStore, Disk, ImageTemplate, User, VirtualMachine
-from vmbackup.db.queries import inventory
+from vmbackup.db.models import (
+    Backup,
+    DataStore,
+    Disk,
+    Hypervisor,
+    ImageTemplate,
+    IpAddress,
+    Transaction,
+    User,
+    VirtualMachine,
+)
+from vmbackup.db.queries import backups as backup_queries
+from vmbackup.db.queries import fleet, inventory
 from vmbackup.engine.source import NOT_AN_IMAGE, file_kind, is_image_mode
-from vmbackup.errors import Conflict, Invalid
-from vmbackup.services import locks
+from vmbackup.errors import Conflict, Invalid, NotFound
+from vmbackup.services import locks, routing
 from vmbackup.services.access import apply, find, find_owned, owner_scope, require_admin
 
 
@@ -29,11 +43,28 @@ def get_vm(db: Session, actor: User, vm_id: int) -> VirtualMachine:
     return find_owned(db, actor, VirtualMachine, vm_id, "VirtualMachine")
 
 
+_IDENTIFIER = re.compile(r"[a-z0-9]{14}")
+
+
+def is_identifier(text: str) -> bool:
+    """Whether ``text`` has the form of an identifier (db/base.py ``new_identifier``)."""
+    return _IDENTIFIER.fullmatch(text) is not None
+
+
+def resolve_vm_id(db: Session, identifier: str) -> int | None:
+    """The id of the VM whose 14-character ``identifier`` this is (OnApp clients put it in URLs), or None. Who may
+    see that VM is for the caller of ``get_vm`` to decide, as for a numeric id."""
+    if not is_identifier(identifier):
+        return None
+    return fleet.vm_id_of(db, identifier)
+
+
 def _check_refs(db: Session, data: dict[str, Any]) -> None:
     for field, model, label in (
         ("user_id", User, "User"),
         ("template_id", ImageTemplate, "Template"),
         ("data_store_id", DataStore, "Data store"),
+        ("hypervisor_id", Hypervisor, "Hypervisor"),
     ):
         if data.get(field) is not None and db.get(model, data[field]) is None:
             raise Invalid(fields={field: [f"{label} {data[field]} does not exist"]})
@@ -60,21 +91,103 @@ def update_vm(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> Non
     _check_refs(db, data)
     if "user_id" in data and data["user_id"] != vm.user_id and vm.locked:
         raise Conflict("VirtualMachine is locked by a transaction: its owner cannot change now")
+    moved = "hypervisor_id" in data and data["hypervisor_id"] != vm.hypervisor_id
     apply(vm, data)
+    if moved:
+        # In the same commit: a pending take or restore must not be claimed by the old hypervisor's worker, which
+        # can no longer reach the disks.
+        db.flush()
+        routing.reroute_vm(db, vm.id)
     locks.commit_unless_busy(db, _keys(vm, []), "VirtualMachine")
 
 
-def delete_vm(db: Session, actor: User, vm_id: int) -> None:
-    """Delete the VM and its disks; its backups stay, restorable by their owner to a new path (as in OnApp)."""
+def delete_vm(db: Session, actor: User, vm_id: int, destroy_all_backups: bool = False) -> list[Transaction]:
+    """Delete the VM, its disks and addresses. Its backups stay, restorable by their owner to a new path (as in
+    OnApp), unless ``destroy_all_backups``: then the deletion of each is queued in the same commit (returned, to
+    hand to the workers); one busy with another action (a restore, a convert) is kept."""
     require_admin(actor)
     vm = get_vm(db, actor, vm_id)
     if vm.locked:
         raise Conflict("VirtualMachine is locked by a running transaction")
     keys = _keys(vm, vm.disks)
+    queued: list[Transaction] = []
+    if destroy_all_backups:
+        # Imported here: services/actions.py builds on this module (get_vm, get_disk).
+        from vmbackup.services.actions import queue_destroy
+
+        for row in backup_queries.for_vm(db, vm.id, vm.identifier):
+            backup = db.get(Backup, row["id"])
+            tx = queue_destroy(db, backup) if backup is not None else None
+            if tx is not None:
+                queued.append(tx)
     for disk in vm.disks:
         db.delete(disk)
+    fleet.drop_ips_of(db, vm.id)
     db.delete(vm)
     locks.commit_unless_busy(db, keys, "VirtualMachine")
+    return queued
+
+
+def list_ips(db: Session, actor: User, vm_id: int) -> tuple[VirtualMachine, list[IpAddress]]:
+    vm = get_vm(db, actor, vm_id)
+    return vm, list(vm.ip_addresses)
+
+
+def _ip(field: str, text: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        raise Invalid(fields={field: ["is not a valid IP address"]}) from None
+
+
+def _address_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The stored form of an address: written the canonical way (so "10.0.0.05" and "10.0.0.5" are one address),
+    with the network and broadcast derived from the prefix unless given."""
+    address = _ip("address", data["address"])
+    out = {**data, "address": str(address), "ipv4": address.version == 4}
+    prefix = data.get("prefix")
+    if prefix is not None:
+        if prefix > address.max_prefixlen:
+            raise Invalid(fields={"prefix": [f"must be at most {address.max_prefixlen} for {address}"]})
+        network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+        if out.get("network_address") is None:
+            out["network_address"] = str(network.network_address)
+        if out.get("broadcast") is None and address.version == 4:
+            out["broadcast"] = str(network.broadcast_address)
+    for field in ("gateway", "network_address", "broadcast"):
+        if out.get(field) is not None:
+            other = _ip(field, out[field])
+            if other.version != address.version:
+                raise Invalid(fields={field: [f"must be an IPv{address.version} address like the address"]})
+            out[field] = str(other)
+    return out
+
+
+def add_ip(db: Session, actor: User, vm_id: int, data: dict[str, Any]) -> tuple[VirtualMachine, IpAddress]:
+    require_admin(actor)
+    vm = get_vm(db, actor, vm_id)
+    fields = _address_fields(data)
+    taken = Conflict(f"IP address {fields['address']} is already assigned")
+    if fleet.ip_by_address(db, fields["address"]) is not None:
+        raise taken
+    ip = IpAddress(virtual_machine_id=vm.id, **fields)
+    db.add(ip)
+    try:
+        db.commit()
+    except IntegrityError:  # assigned by a concurrent request since the check above (the column is unique)
+        db.rollback()
+        raise taken from None
+    return vm, ip
+
+
+def delete_ip(db: Session, actor: User, vm_id: int, ip_id: int) -> None:
+    require_admin(actor)
+    vm = get_vm(db, actor, vm_id)
+    ip = db.get(IpAddress, ip_id)
+    if ip is None or ip.virtual_machine_id != vm.id:
+        raise NotFound("IP address not found")
+    db.delete(ip)
+    db.commit()
 
 
 def list_disks(db: Session, actor: User, vm_id: int | None = None) -> list[Disk]:

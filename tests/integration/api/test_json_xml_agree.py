@@ -37,7 +37,9 @@ def from_xml(el: ElementTree.Element) -> Any:
         return None
     kind, text = el.get("type"), el.text or ""
     if kind == "array":
-        return [from_xml(child) for child in el]
+        # Items that are hashes are OnApp roots, wrapped in their name in JSON (`[{"ip_address": {...}}]`) and
+        # written once in XML (`<ip_addresses type="array"><ip_address><address>...`), as Rails does.
+        return [{child.tag: from_xml(child)} if len(child) else from_xml(child) for child in el]
     if kind == "integer":
         return int(text)
     if kind == "float":
@@ -102,7 +104,16 @@ def scene(app, api):
     zone = api.create("/settings/backup_server_zones.json", "backup_server_group", label=NASTY)
     storage = str(app.state.settings.data_dir / "second-storage")
     api.create("/settings/backup_servers.json", "backup_server", label=NASTY, ip_address=NASTY, storage_path=storage)
-    vm = api.vm(alice["id"], tpl["id"], label=NASTY, hostname=NASTY)
+    hv_zone = api.create("/settings/hypervisor_zones.json", "hypervisor_group", label=NASTY)
+    hv = api.create(
+        "/settings/hypervisors.json", "hypervisor", label=NASTY, ip_address=NASTY, hypervisor_group_id=hv_zone["id"]
+    )
+    for kind, target in (("hypervisors", hv), ("hypervisor_zones", hv_zone)):
+        api.create(
+            f"/settings/{kind}/{target['id']}/backup_server_joins.json", "backup_server_join", backup_server_id=1
+        )
+    vm = api.vm(alice["id"], tpl["id"], label=NASTY, hostname=NASTY, hypervisor_id=hv["id"])
+    api.create(f"/virtual_machines/{vm['id']}/ip_addresses.json", "ip_address", address="10.0.0.5", prefix=24)
     disk = api.disk(
         vm["id"], ds["id"], label=NASTY, mount_point=NASTY, file_system=NASTY, image_path="/nonexistent/agree.img"
     )

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from vmbackup.api import presenters
-from vmbackup.api.deps import Ctx, Id
+from vmbackup.api.deps import Ctx, Id, VmId
 from vmbackup.api.routes._crud import add_crud_routes
 from vmbackup.api.schemas import PresetCreate, PresetUpdate
 from vmbackup.db.models import AutobackupPreset
@@ -22,12 +22,12 @@ def _switch(ctx: Ctx, target_type: str, target_id: int, enabled: bool) -> Respon
 
 
 @router.post("/virtual_machines/{vm_id}/autobackup_enable")
-def enable_vm(vm_id: Id, ctx: Ctx) -> Response:
+def enable_vm(vm_id: VmId, ctx: Ctx) -> Response:
     return _switch(ctx, "VirtualMachine", vm_id, True)
 
 
 @router.post("/virtual_machines/{vm_id}/autobackup_disable")
-def disable_vm(vm_id: Id, ctx: Ctx) -> Response:
+def disable_vm(vm_id: VmId, ctx: Ctx) -> Response:
     return _switch(ctx, "VirtualMachine", vm_id, False)
 
 

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from vmbackup.api import formats, presenters
 from vmbackup.api.body import body, openapi_body, read_lenient
-from vmbackup.api.deps import Ctx, Id
+from vmbackup.api.deps import Ctx, Id, VmId
 from vmbackup.api.schemas import BackupConvert, BackupNote
 from vmbackup.db.models import Backup
 from vmbackup.services import actions, backups
@@ -22,17 +22,17 @@ def _list(ctx: Ctx, items: Iterable[Backup | Mapping[str, Any]]) -> Response:
 
 
 @router.get("/virtual_machines/{vm_id}/backups")
-def list_vm_backups(vm_id: Id, ctx: Ctx) -> Response:
+def list_vm_backups(vm_id: VmId, ctx: Ctx) -> Response:
     return _list(ctx, backups.list_for_vm(ctx.db, ctx.user, vm_id))
 
 
 @router.get("/virtual_machines/{vm_id}/backups/images")
-def list_vm_images(vm_id: Id, ctx: Ctx) -> Response:
+def list_vm_images(vm_id: VmId, ctx: Ctx) -> Response:
     return _list(ctx, backups.list_for_vm(ctx.db, ctx.user, vm_id, "images"))
 
 
 @router.get("/virtual_machines/{vm_id}/backups/files")
-def list_vm_files(vm_id: Id, ctx: Ctx) -> Response:
+def list_vm_files(vm_id: VmId, ctx: Ctx) -> Response:
     return _list(ctx, backups.list_for_vm(ctx.db, ctx.user, vm_id, "files"))
 
 
@@ -42,7 +42,7 @@ def list_disk_backups(disk_id: Id, ctx: Ctx) -> Response:
 
 
 @router.get("/virtual_machines/{vm_id}/disks/{disk_id}/backups")
-def list_vm_disk_backups(vm_id: Id, disk_id: Id, ctx: Ctx) -> Response:
+def list_vm_disk_backups(vm_id: VmId, disk_id: Id, ctx: Ctx) -> Response:
     return _list(ctx, backups.list_for_disk(ctx.db, ctx.user, disk_id, vm_id=vm_id))
 
 
@@ -66,7 +66,7 @@ def edit_note(backup_id: Id, ctx: Ctx, data: Annotated[BackupNote, body(ROOT, Ba
     "/virtual_machines/{vm_id}/backups/{backup_id}", status_code=204, openapi_extra=openapi_body(ROOT, BackupNote)
 )
 def edit_vm_backup_note(
-    vm_id: Id, backup_id: Id, ctx: Ctx, data: Annotated[BackupNote, body(ROOT, BackupNote)]
+    vm_id: VmId, backup_id: Id, ctx: Ctx, data: Annotated[BackupNote, body(ROOT, BackupNote)]
 ) -> Response:
     backups.edit(ctx.db, ctx.user, backup_id, data.model_dump(exclude_unset=True), vm_id=vm_id)
     return formats.no_content()
@@ -88,7 +88,7 @@ def take_normal_backup(disk_id: Id, ctx: Ctx, note: NoteDep) -> Response:
 
 
 @router.post("/virtual_machines/{vm_id}/backups", status_code=201)
-def take_incremental_backup(vm_id: Id, ctx: Ctx, note: NoteDep) -> Response:
+def take_incremental_backup(vm_id: VmId, ctx: Ctx, note: NoteDep) -> Response:
     backup, tx = actions.take_incremental(ctx.db, ctx.user, vm_id, note)
     ctx.queued(tx)
     return ctx.one(ROOT, presenters.backup(backup), 201)

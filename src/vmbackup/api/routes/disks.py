@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from vmbackup.api import formats, presenters
 from vmbackup.api.body import body, openapi_body
-from vmbackup.api.deps import AdminCtx, Ctx, Id
+from vmbackup.api.deps import AdminCtx, Ctx, Id, VmId
 from vmbackup.api.schemas import DiskCreate, DiskUpdate
 from vmbackup.db.models import Disk
 from vmbackup.services import machines
@@ -21,12 +21,12 @@ def _present(ctx: Ctx, disks: list[Disk]) -> Response:
 
 
 @router.get("/virtual_machines/{vm_id}/disks")
-def list_vm_disks(vm_id: Id, ctx: Ctx) -> Response:
+def list_vm_disks(vm_id: VmId, ctx: Ctx) -> Response:
     return _present(ctx, machines.list_disks(ctx.db, ctx.user, vm_id))
 
 
 @router.post("/virtual_machines/{vm_id}/disks", status_code=201, openapi_extra=openapi_body(ROOT, DiskCreate))
-def create_disk(vm_id: Id, ctx: AdminCtx, data: Annotated[DiskCreate, body(ROOT, DiskCreate)]) -> Response:
+def create_disk(ctx: AdminCtx, vm_id: VmId, data: Annotated[DiskCreate, body(ROOT, DiskCreate)]) -> Response:
     disk = machines.create_disk(ctx.db, ctx.user, vm_id, data.model_dump())
     return ctx.one(ROOT, presenters.disk(disk, admin=ctx.admin), 201)
 

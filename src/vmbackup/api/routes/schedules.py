@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from vmbackup.api import formats, presenters
 from vmbackup.api.body import body, openapi_body
-from vmbackup.api.deps import Ctx, Id
+from vmbackup.api.deps import Ctx, Id, VmId
 from vmbackup.api.schemas import ScheduleCreate, ScheduleUpdate
 from vmbackup.services import schedules
 
@@ -37,7 +37,7 @@ def list_disk_schedules(disk_id: Id, ctx: Ctx) -> Response:
 
 
 @router.get("/virtual_machines/{vm_id}/schedules")
-def list_vm_schedules(vm_id: Id, ctx: Ctx) -> Response:
+def list_vm_schedules(vm_id: VmId, ctx: Ctx) -> Response:
     return _list(ctx, schedules.list_schedules(ctx.db, ctx.user, "VirtualMachine", vm_id))
 
 
@@ -64,7 +64,7 @@ def create_disk_schedule(
 
 @router.post("/virtual_machines/{vm_id}/schedules", status_code=201, openapi_extra=openapi_body(ROOT, ScheduleCreate))
 def create_vm_schedule(
-    vm_id: Id, request: Request, ctx: Ctx, data: Annotated[ScheduleCreate, body(ROOT, ScheduleCreate)]
+    vm_id: VmId, request: Request, ctx: Ctx, data: Annotated[ScheduleCreate, body(ROOT, ScheduleCreate)]
 ) -> Response:
     return _create(ctx, request, data, target_type="VirtualMachine", target_id=vm_id)
 

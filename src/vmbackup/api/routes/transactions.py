@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from vmbackup.api import presenters
 from vmbackup.api.body import parse
-from vmbackup.api.deps import Ctx, Id
+from vmbackup.api.deps import Ctx, Id, VmId
 from vmbackup.errors import Invalid
 from vmbackup.services import transactions
 
@@ -68,7 +68,7 @@ def list_transactions_per_page(per_page: int, ctx: Ctx, p: PagingDep) -> Respons
 
 
 @router.get("/virtual_machines/{vm_id}/transactions")
-def list_vm_transactions(vm_id: Id, ctx: Ctx, p: PagingDep) -> Response:
+def list_vm_transactions(vm_id: VmId, ctx: Ctx, p: PagingDep) -> Response:
     return _list(ctx, p, vm_id)
 
 

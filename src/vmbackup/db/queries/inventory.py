@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 
 from vmbackup.db.models import Backup, BackupServer, Disk, VirtualMachine
 
 
 def vms(db: Session, owner_id: int | None) -> list[VirtualMachine]:
-    q = select(VirtualMachine).order_by(VirtualMachine.id)
+    """With what a VM is shown with (its disks for total_disk_size, its addresses) in one query each, not one per
+    VM: control panels poll this list. Template and hypervisor come joined (the relationships say so)."""
+    q = (
+        select(VirtualMachine)
+        .options(selectinload(VirtualMachine.disks), selectinload(VirtualMachine.ip_addresses))
+        .order_by(VirtualMachine.id)
+    )
     if owner_id is not None:
         q = q.where(VirtualMachine.user_id == owner_id)
     return list(db.scalars(q))

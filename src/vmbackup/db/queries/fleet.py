@@ -1,0 +1,48 @@
+"""Queries about where VMs run: hypervisors, their zones, the backup servers joined to them, VM addresses."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from vmbackup.db.models import BackupServerJoin, Hypervisor, IpAddress, VirtualMachine
+from vmbackup.db.queries.inventory import count_where
+
+
+def vms_on_hypervisor(db: Session, hypervisor_id: int) -> int:
+    return count_where(db, VirtualMachine.hypervisor_id, hypervisor_id)
+
+
+def hypervisors_in_zone(db: Session, zone_id: int) -> int:
+    return count_where(db, Hypervisor.hypervisor_group_id, zone_id)
+
+
+def joins_of(db: Session, target_type: str, target_id: int) -> list[BackupServerJoin]:
+    q = (
+        select(BackupServerJoin)
+        .where(BackupServerJoin.target_join_type == target_type, BackupServerJoin.target_join_id == target_id)
+        .order_by(BackupServerJoin.id)
+    )
+    return list(db.scalars(q))
+
+
+def drop_joins_of(db: Session, target_type: str, target_id: int) -> None:
+    # target_join_id names a hypervisor or a zone by type, so no foreign key removes these with their target.
+    db.execute(
+        delete(BackupServerJoin).where(
+            BackupServerJoin.target_join_type == target_type, BackupServerJoin.target_join_id == target_id
+        )
+    )
+
+
+def vm_id_of(db: Session, identifier: str) -> int | None:
+    q = select(VirtualMachine.id).where(VirtualMachine.identifier == identifier).order_by(VirtualMachine.id).limit(1)
+    return db.scalar(q)
+
+
+def ip_by_address(db: Session, address: str) -> IpAddress | None:
+    return db.scalar(select(IpAddress).where(IpAddress.address == address))
+
+
+def drop_ips_of(db: Session, vm_id: int) -> None:
+    db.execute(delete(IpAddress).where(IpAddress.virtual_machine_id == vm_id))
