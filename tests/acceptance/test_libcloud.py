@@ -37,6 +37,10 @@ def _fleet(client: httpx.Client, image: Path) -> dict[str, Any]:
     tpl = _post(client, "/templates.json", "image_template", label="Debian 12", operating_system_distro="debian")
     ds = _post(client, "/settings/data_stores.json", "data_store", label="ds")
     hv = _post(client, "/settings/hypervisors.json", "hypervisor", label="kvm-01", ip_address="10.1.0.11")
+    # Its backups go to the first start's "Local storage" server (placement takes only servers joined to it).
+    _post(
+        client, f"/settings/hypervisors/{hv['id']}/backup_server_joins.json", "backup_server_join", backup_server_id=1
+    )
     vm = _post(
         client,
         "/virtual_machines.json",

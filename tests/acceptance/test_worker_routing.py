@@ -24,7 +24,7 @@ from tests.acceptance.serve_process import serve_env
 from tests.failure.conftest import Service, make_settings, running_service, wait_for
 from tests.images import MiB, write_image
 from vmbackup.db.base import Base
-from vmbackup.db.models import Hypervisor, Transaction, VirtualMachine, WorkerHeartbeat
+from vmbackup.db.models import BackupServerJoin, Hypervisor, Transaction, VirtualMachine, WorkerHeartbeat
 from vmbackup.db.session import make_engine
 from vmbackup.services import routing
 
@@ -91,6 +91,12 @@ def fleet(tmp_path: Path, database_url: str) -> Iterator[tuple[Service, dict[str
         with service.app.state.sessions() as db:
             db.add_all(
                 [Hypervisor(label="hv-1", ip_address="10.0.0.1"), Hypervisor(label="hv-2", ip_address="10.0.0.2")]
+            )
+            db.flush()
+            # Both hypervisors' backups go to backup server 1 (placement takes only the servers joined to them).
+            db.add_all(
+                BackupServerJoin(backup_server_id=1, target_join_type="Hypervisor", target_join_id=hv_id)
+                for hv_id in (1, 2)
             )
             db.commit()
         workers: dict[str, WorkerProcess] = {}

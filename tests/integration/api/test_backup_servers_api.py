@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from vmbackup.config import Settings
 from vmbackup.db.models import WorkerHeartbeat
 
 ONAPP_FIELDS = {
@@ -24,6 +27,12 @@ ONAPP_FIELDS = {
     "created_at",
     "updated_at",
 }
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No worker in this process: ``cpu_idle`` is then only what the heartbeat rows a test writes say."""
+    return settings.model_copy(update={"worker": "external"})
 
 
 def _zone(api: Any) -> int:

@@ -139,6 +139,10 @@ def test_a_vm_with_no_disks_hypervisor_or_addresses(api, world):
 
 def test_admins_place_and_move_vms_and_pending_takes_follow(app, api, world):
     one, two = hypervisor(api, label="hv-a"), hypervisor(api, label="hv-b")
+    for hv in (one, two):  # placement takes only the backup servers joined to the VM's hypervisor
+        api.create(
+            f"/settings/hypervisors/{hv['id']}/backup_server_joins.json", "backup_server_join", backup_server_id=1
+        )
     vm = api.vm(world["alice"]["id"], world["template"]["id"], hypervisor_id=one["id"], cpu_shares=40)
     assert (vm["hypervisor_id"], vm["hypervisor_type"], vm["cpu_shares"]) == (one["id"], "kvm", 40)
     disk = api.disk(vm["id"], world["data_store"]["id"], image_path="/nonexistent/moved.img")

@@ -35,6 +35,12 @@ TARGETS: dict[type[InputModel], type[Any]] = {
     schemas.ScheduleUpdate: models.Schedule,
     schemas.ZoneCreate: models.BackupServerZone,
     schemas.ZoneUpdate: models.BackupServerZone,
+    schemas.HypervisorCreate: models.Hypervisor,
+    schemas.HypervisorUpdate: models.Hypervisor,
+    schemas.HypervisorZoneCreate: models.HypervisorZone,
+    schemas.HypervisorZoneUpdate: models.HypervisorZone,
+    schemas.BackupServerJoinCreate: models.BackupServerJoin,
+    schemas.IpAddressCreate: models.IpAddress,
 }
 LIMITS = {Integer: 2**31 - 1, BigInteger: 2**63 - 1}
 
