@@ -1,6 +1,8 @@
-"""Rendered backup listings kept in memory, served without FastAPI, the database or a thread hop.
+"""Rendered backup listings (and single backups) kept in memory, served without FastAPI, the database or a thread
+hop.
 
-Control panels poll ``GET /virtual_machines/:id/backups(.json)`` far more often than backups change. Going through
+Control panels poll ``GET /virtual_machines/:id/backups(.json)`` and a pending ``GET /backups/:id(.json)`` far more
+often than backups change. Going through
 FastAPI, a pooled connection, authentication and rendering costs ~4 ms of CPU per request (bench/api_bench.py);
 answering from memory costs tens of microseconds. A hand-written ASGI layer, because the point is to skip the
 framework: no caching library can know when a listing stops being true.
@@ -20,11 +22,22 @@ all of these hold, otherwise the request goes through the application as usual a
 Changing a password, suspending or deleting a user, moving a VM to another owner or deleting a backup are writes
 to watched tables, so they end every entry at once. Memory is bounded by ``max_bytes`` (least recently used go
 first); a listing larger than an eighth of that is never kept.
+
+The slow answers under load were the refills, not the hits (bench/fleet_bench.py, BENCHMARKS.md "Fleet polling"):
+when a hot entry reached its lifetime, every connection asking for it missed at once and queued behind the few
+handler threads (~5 ms of CPU each, holding the GIL against the event loop), so p99 jumped from ~3 to ~250 ms.
+So an entry is refreshed *before* it expires: the first hit after a random point in the last quarter of its
+lifetime goes through the application (and refills it) while the others are still answered from the still-valid
+entry; the random point spreads the refills of entries filled together. And when an entry is missing, only one
+request per key fills it: the others wait for that one and are answered from what it filled (same credentials,
+same path, same change-clock reading, so the same answer), or go through the application if it could not fill.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 import re
 import secrets
 import time
@@ -37,17 +50,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vmbackup.db.changes import ChangeClock
 from vmbackup.services.auth import LoginThrottle
 
-# The listing routes of api/routes/backups.py (after OnAppMiddleware removed the suffix and extra slashes).
+# The listing routes of api/routes/backups.py and its GET /backups/:id (after OnAppMiddleware removed the suffix and
+# extra slashes). A backup's answer reads the backups row and the caller (users): both watched tables.
 _LISTING = re.compile(
     r"/(?:virtual_machines/\d+(?:/backups(?:/images|/files)?|/disks/\d+/backups)"
-    r"|settings/disks/\d+/backups|users/\d+/backups)"
+    r"|settings/disks/\d+/backups|users/\d+/backups|backups/\d+)"
 )
+# An entry is refreshed by the first hit after a random point in this last fraction of its lifetime.
+REFRESH_AHEAD = (0.75, 0.95)
 
 
 @dataclass(slots=True)
 class _Entry:
     version: tuple[int, int]
     expires: float
+    refresh_at: float  # from then on, one hit goes through the application to refill it (others still hit)
     user_id: int
     start: Message
     body: Message
@@ -82,11 +99,15 @@ class ListingCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.version != version or entry.expires <= time.monotonic():
+        now = time.monotonic()
+        if entry.version != version or entry.expires <= now:
             self._drop(key)
             return None
         client = scope.get("client")
         if self._throttle.retry_after(f"user:{entry.user_id}", f"ip:{client[0] if client else ''}"):
+            return None
+        if now >= entry.refresh_at:
+            entry.refresh_at = entry.expires  # this request refills it; until then the others are still served
             return None
         self._entries.move_to_end(key)
         self.hits += 1
@@ -98,9 +119,11 @@ class ListingCache:
         self._drop(key)
         size = len(body) + 256
         headers = list(start.get("headers", []))
+        now = time.monotonic()
         self._entries[key] = _Entry(
             version,
-            time.monotonic() + self._ttl,
+            now + self._ttl,
+            now + self._ttl * random.uniform(*REFRESH_AHEAD),
             user_id,
             {"type": "http.response.start", "status": 200, "headers": headers},
             {"type": "http.response.body", "body": body, "more_body": False},
@@ -125,6 +148,7 @@ class ListingCacheMiddleware:
     def __init__(self, app: ASGIApp, cache: ListingCache) -> None:
         self.app = app
         self.cache = cache
+        self._filling: dict[bytes, asyncio.Event] = {}  # keys being filled by a request in flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or not _LISTING.fullmatch(scope["path"]):
@@ -137,6 +161,9 @@ class ListingCacheMiddleware:
             await self.app(scope, receive, send)
             return
         entry = cache.lookup(key, version, scope)
+        if entry is None and (filling := self._filling.get(key)) is not None:
+            await filling.wait()  # another request is filling this very entry: its answer is this one's
+            entry = cache.lookup(key, version, scope)
         if entry is not None:
             await send(entry.start)
             await send(entry.body)
@@ -157,7 +184,17 @@ class ListingCacheMiddleware:
                 complete = not message.get("more_body", False)
             await send(message)
 
-        await self.app(scope, receive, capture)
-        user_id: Any = scope["state"].get("user_id")
-        if start is not None and start["status"] == 200 and complete and isinstance(user_id, int):
-            self.cache.fill(key, version, user_id, start, b"".join(parts))
+        filling = self._filling.get(key)
+        if filling is None:
+            filling = self._filling[key] = asyncio.Event()
+        else:
+            filling = None  # a refresh-ahead while another fill runs, or a waiter that found nothing: no second owner
+        try:
+            await self.app(scope, receive, capture)
+            user_id: Any = scope["state"].get("user_id")
+            if start is not None and start["status"] == 200 and complete and isinstance(user_id, int):
+                self.cache.fill(key, version, user_id, start, b"".join(parts))
+        finally:
+            if filling is not None:
+                del self._filling[key]
+                filling.set()
