@@ -77,7 +77,7 @@ def build_fleet(db: ab.Db, pending: int) -> Fleet:
     vm_ids = sorted(db.filler_vms)[:VMS]
     engine = make_engine(db.url)
     with engine.connect() as conn:
-        idents = dict(conn.execute(select(VirtualMachine.id, VirtualMachine.identifier)).tuples().all())
+        idents = dict(conn.execute(select(VirtualMachine.id, VirtualMachine.identifier)).all())
     rnd = random.Random(11)
     rows = []
     n = 0
@@ -94,9 +94,7 @@ def build_fleet(db: ab.Db, pending: int) -> Fleet:
         for i in range(0, len(rows), ab.BATCH):
             conn.execute(insert(Backup), rows[i : i + ab.BATCH])
     with engine.connect() as conn:
-        pending_ids = list(
-            conn.scalars(select(Backup.id).where(Backup.built.is_(False)).order_by(Backup.id)).all()
-        )
+        pending_ids = list(conn.scalars(select(Backup.id).where(Backup.built.is_(False)).order_by(Backup.id)).all())
     if db.name == "postgres":
         from sqlalchemy import create_engine, text
 
@@ -137,6 +135,15 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def warm_all(server: ab.Server, paths: list[str], clients: int = 8) -> None:
+    """Every path requested on ``clients`` connections of their own (each process of a multi-process server keeps
+    its own cache, and a connection stays with the process that accepted it), so runs start from a warm cache."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda _: fetch_all(server, paths), range(clients)))
+
+
 def fetch_all(server: ab.Server, paths: list[str]) -> dict[str, tuple[list[tuple[str, str]], bytes]]:
     answers = {}
     with httpx.Client(base_url=server.base, headers={"Authorization": ab.AUTH}, timeout=60) as c:
@@ -166,7 +173,7 @@ def mixed(server: ab.Server, fleet: Fleet, conns: tuple[int, int], seconds: floa
     script.write_text(LUA)
     before = tree_cpu(server.proc.pid)
     procs = []
-    for (name, f), c in zip(files.items(), conns, strict=True):
+    for f, c in zip(files.values(), conns, strict=True):
         env = {**os.environ, "FLEET_PATHS": str(f), "FLEET_SEED": str(seed + len(procs))}
         cmd = ab.wrk_cmd(server.base + "/", 1, c, seconds, script)
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -181,15 +188,63 @@ def mixed(server: ab.Server, fleet: Fleet, conns: tuple[int, int], seconds: floa
     return Run(outs[0], outs[1], cpu / total * 1000 if total else float("nan"))
 
 
+class Writer:
+    """While running: ``rate`` commits per second, each an UPDATE of one pending backup's row from a connection of
+    its own (as `vmbackup worker` commits a take's progress), so every cached answer ends that often."""
+
+    def __init__(self, db: ab.Db, fleet: Fleet, rate: float) -> None:
+        import threading
+
+        self.db, self.fleet, self.rate = db, fleet, rate
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.commits = 0
+
+    def _run(self) -> None:
+        from sqlalchemy import update
+
+        from vmbackup.db.models import Backup
+        from vmbackup.db.session import make_engine
+
+        engine = make_engine(self.db.url)
+        rnd = random.Random(5)
+        while not self.stop_event.wait(1 / self.rate):
+            with engine.begin() as conn:
+                b = rnd.choice(self.fleet.pending_ids)
+                conn.execute(update(Backup).where(Backup.id == b).values(backup_size=Backup.backup_size + 1))
+            self.commits += 1
+        engine.dispose()
+
+    def __enter__(self) -> Writer:
+        if self.rate > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        if self.rate > 0:
+            self.thread.join()
+
+
 def measure(
-    servers: dict[str, ab.Server], fleet: Fleet, conns: tuple[int, int], seconds: float, rounds: int
+    servers: dict[str, ab.Server],
+    fleet: Fleet,
+    conns: tuple[int, int],
+    seconds: float,
+    rounds: int,
+    writer: Writer | None = None,
 ) -> dict[str, list[Run]]:
     runs: dict[str, list[Run]] = {k: [] for k in servers}
-    for label, s in servers.items():  # warm-up: every path at least once, connections opened
+    for s in servers.values():  # warm-up: every path answered once by every process, connections opened
+        warm_all(s, fleet.polls + fleet.lists)
         mixed(s, fleet, conns, 2, seed=0)
     for r in range(rounds):
         for label, s in servers.items():
-            runs[label].append(mixed(s, fleet, conns, seconds, seed=100 + r))
+            if writer is not None and label == "real":
+                with Writer(writer.db, writer.fleet, writer.rate):
+                    runs[label].append(mixed(s, fleet, conns, seconds, seed=100 + r))
+            else:
+                runs[label].append(mixed(s, fleet, conns, seconds, seed=100 + r))
             w = runs[label][-1]
             ab.log(
                 f"  {label}: poll {w.poll.rps:,.0f} req/s p50 {w.poll.p50:.2f} p99 {w.poll.p99:.2f} ms | "
@@ -242,7 +297,8 @@ def run_db(db: ab.Db, args: argparse.Namespace, conns: tuple[int, int]) -> dict[
         try:
             check = fetch_all(bare, fleet.polls[:3] + fleet.lists[:3])
             assert all(check[p] == answers[p] for p in check), "bare app answers other bytes"
-            runs = measure({"real": real, "bare": bare}, fleet, conns, args.seconds, args.rounds)
+            writer = Writer(db, fleet, args.writes_per_s) if args.writes_per_s > 0 else None
+            runs = measure({"real": real, "bare": bare}, fleet, conns, args.seconds, args.rounds, writer)
             res["models"][procs] = runs
             if args.profile and procs == args.processes[0]:
                 for gil in (True, False):
@@ -260,18 +316,24 @@ def fmt(x: float) -> str:
     return ab.fmt_ms(x)
 
 
-def report(m: dict[str, str], cmd: str, args: argparse.Namespace, conns: tuple[int, int], results: dict[str, Any]) -> str:
+def report(
+    m: dict[str, str], cmd: str, args: argparse.Namespace, conns: tuple[int, int], results: dict[str, Any]
+) -> str:
     load = Path("/proc/loadavg").read_text().split()[:3]
     L = ["# Fleet polling benchmark (issue 11)\n"]
-    L.append(f"Command: `{cmd}`  \n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average at the end "
-             f"{' '.join(load)}; {m['nproc']} CPUs ({m['cpu']}) shared with other sessions, wrk on the same CPUs; "
-             f"{m['stack']}.\n")
+    L.append(
+        f"Command: `{cmd}`  \n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average at the end "
+        f"{' '.join(load)}; {m['nproc']} CPUs ({m['cpu']}) shared with other sessions, wrk on the same CPUs; "
+        f"{m['stack']}.\n"
+    )
     polls = args.pending / POLL_SECONDS
     L.append(
         f"Model: {VMS:,} VMs x {PER_VM} backups; {args.pending} pending, each polled every {POLL_SECONDS:g} s = "
         f"{polls:.1f} polls/s; {args.views_per_s:g} page views/s (each reads one VM's list): "
         f"{conns[0]} + {conns[1]} of {CONNECTIONS} connections. {args.seconds:g} s per run, {args.rounds} rounds "
-        f"alternating real and bare, better run kept. Handler threads: {args.threads}.\n"
+        f"alternating real and bare, better run kept. Handler threads: {args.threads}. Every server's cache is "
+        f"warm when its runs start (every path requested on 8 connections). Writes to pending backups during the "
+        f"real runs: {args.writes_per_s:g}/s.\n"
     )
     L.append(
         "| database | processes | endpoint | real req/s | real p50 / p99 ms | bare req/s | bare p50 / p99 ms | "
@@ -281,7 +343,10 @@ def report(m: dict[str, str], cmd: str, args: argparse.Namespace, conns: tuple[i
     for name, r in results.items():
         for procs, runs in r["models"].items():
             a, b = best_run(runs["real"]), best_run(runs["bare"])
-            for ep, wa, wb in (("GET /backups/:id.json", a.poll, b.poll), ("GET /virtual_machines/:id/backups.json", a.lst, b.lst)):
+            for ep, wa, wb in (
+                ("GET /backups/:id.json", a.poll, b.poll),
+                ("GET /virtual_machines/:id/backups.json", a.lst, b.lst),
+            ):
                 rr, pr = wa.rps / wb.rps, wa.p99 / wb.p99
                 L.append(
                     f"| {name} | {procs} | {ep} | {wa.rps:,.0f} | {fmt(wa.p50)} / {fmt(wa.p99)} | {wb.rps:,.0f} | "
@@ -295,10 +360,14 @@ def report(m: dict[str, str], cmd: str, args: argparse.Namespace, conns: tuple[i
             for label, rs in runs.items():
                 L.append(
                     f"- {name}, {procs} process(es), {label}: "
-                    + "; ".join(f"{x.poll.rps:,.0f}, {fmt(x.poll.p99)} / {x.lst.rps:,.0f}, {fmt(x.lst.p99)}" for x in rs)
+                    + "; ".join(
+                        f"{x.poll.rps:,.0f}, {fmt(x.poll.p99)} / {x.lst.rps:,.0f}, {fmt(x.lst.p99)}" for x in rs
+                    )
                 )
-        L.append(f"- {name}: bodies: poll {r['poll_bytes']:,} B, list {r['list_bytes']:,.0f} B on average; "
-                 f"pool timeouts {r.get('pool_timeouts')}; profiles {r.get('profiles', [])}")
+        L.append(
+            f"- {name}: bodies: poll {r['poll_bytes']:,} B, list {r['list_bytes']:,.0f} B on average; "
+            f"pool timeouts {r.get('pool_timeouts')}; profiles {r.get('profiles', [])}"
+        )
     return "\n".join(L) + "\n"
 
 
@@ -311,6 +380,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=4, help="VMBACKUP_API_THREADS")
     ap.add_argument("--pending", type=int, default=250)
     ap.add_argument("--views-per-s", type=float, default=VMS / 60)
+    ap.add_argument(
+        "--writes-per-s", type=float, default=0, help="commits per second to pending backups during the real runs"
+    )
     ap.add_argument("--profile", action="store_true", help="py-spy the first process model's real server")
     args = ap.parse_args()
     polls = args.pending / POLL_SECONDS

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # Threads that run request handlers at once; few, because handlers are mostly Python holding the GIL (the
     # measurements are in BENCHMARKS.md, "Handler threads"); raise it when requests mostly wait on the database.
     api_threads: int = Field(default=4, ge=1, le=1024)
+    # API processes `vmbackup serve` forks, sharing the port (each with its own handler threads and caches). One by
+    # default: measured in BENCHMARKS.md "Fleet polling (issue 11)". Only the first runs the in-process worker and
+    # the SQLite scheduler; requests to the others queue transactions the first one's worker polls for.
+    api_processes: int = Field(default=1, ge=1, le=64)
     # How long a verified Basic credential is trusted without re-running the password hash.
     auth_cache_seconds: int = Field(default=300, ge=0, le=86400)
     # Rendered backup listings kept in memory (api/listing_cache.py): how long at most (never longer than the

@@ -28,9 +28,12 @@ when a hot entry reached its lifetime, every connection asking for it missed at 
 handler threads (~5 ms of CPU each, holding the GIL against the event loop), so p99 jumped from ~3 to ~250 ms.
 So an entry is refreshed *before* it expires: the first hit after a random point in the last quarter of its
 lifetime goes through the application (and refills it) while the others are still answered from the still-valid
-entry; the random point spreads the refills of entries filled together. And when an entry is missing, only one
-request per key fills it: the others wait for that one and are answered from what it filled (same credentials,
-same path, same change-clock reading, so the same answer), or go through the application if it could not fill.
+entry; the random point spreads the refills of entries filled together, and at most ``MAX_REFRESHING`` refreshes
+run at a time (the others wait for a later hit), so a wave of them, such as every entry filled after a change or
+a restart coming due together, holds at most that many handler threads against the event loop. And when an entry
+is missing, only one request per key fills it: the others wait for that one and are answered from what it filled
+(same credentials, same path, same change-clock reading, so the same answer), or go through the application if it
+could not fill.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ _LISTING = re.compile(
 )
 # An entry is refreshed by the first hit after a random point in this last fraction of its lifetime.
 REFRESH_AHEAD = (0.75, 0.95)
+MAX_REFRESHING = 1
 
 
 @dataclass(slots=True)
@@ -81,6 +85,7 @@ class ListingCache:
         self._secret = secrets.token_bytes(32)
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
+        self._refreshing = 0
         self.hits = 0
 
     def version(self) -> tuple[int, int] | None:
@@ -106,12 +111,21 @@ class ListingCache:
         client = scope.get("client")
         if self._throttle.retry_after(f"user:{entry.user_id}", f"ip:{client[0] if client else ''}"):
             return None
-        if now >= entry.refresh_at:
-            entry.refresh_at = entry.expires  # this request refills it; until then the others are still served
-            return None
         self._entries.move_to_end(key)
         self.hits += 1
         return entry
+
+    def claim_refresh(self, entry: _Entry) -> bool:
+        """Whether the request that just hit ``entry`` should refill it ahead of its expiry (then call
+        ``refreshed`` when done); until it has, the others are still answered from the entry."""
+        if entry.refresh_at > time.monotonic() or self._refreshing >= MAX_REFRESHING:
+            return False
+        entry.refresh_at = entry.expires
+        self._refreshing += 1
+        return True
+
+    def refreshed(self) -> None:
+        self._refreshing -= 1
 
     def fill(self, key: bytes, version: tuple[int, int], user_id: int, start: Message, body: bytes) -> None:
         if len(body) > self._max_entry or self.version() != version:
@@ -165,6 +179,12 @@ class ListingCacheMiddleware:
             await filling.wait()  # another request is filling this very entry: its answer is this one's
             entry = cache.lookup(key, version, scope)
         if entry is not None:
+            if cache.claim_refresh(entry):
+                try:
+                    await self._fill(scope, receive, send, key, version)
+                finally:
+                    cache.refreshed()
+                return
             await send(entry.start)
             await send(entry.body)
             return

@@ -73,17 +73,23 @@ def test_a_fill_read_before_a_commit_is_not_kept():
 
 
 def test_an_entry_is_refreshed_by_one_request_before_it_expires(monkeypatch):
-    """Near the end of its lifetime one hit goes through the application; the others are still answered."""
+    """Near the end of its lifetime one hit refills it (one refresh at a time); the others are still answered."""
     import vmbackup.api.listing_cache as lc
 
     cache = _cache(Feed(), ttl=60.0)
     v = cache.version()
     cache.fill(b"k", v, 7, START, b"[]")
-    assert cache.lookup(b"k", v, SCOPE) is not None
+    cache.fill(b"j", v, 7, START, b"[]")
+    entry, other = cache.lookup(b"k", v, SCOPE), cache.lookup(b"j", v, SCOPE)
+    assert entry is not None and other is not None
+    assert not cache.claim_refresh(entry)
     now = lc.time.monotonic()
     monkeypatch.setattr(lc.time, "monotonic", lambda: now + 60 * 0.96)
-    assert cache.lookup(b"k", v, SCOPE) is None  # this one refills it
-    assert cache.lookup(b"k", v, SCOPE) is not None  # the others are still answered from memory
+    assert cache.claim_refresh(entry)  # this request refills it
+    assert not cache.claim_refresh(entry)  # the others are still answered from memory
+    assert not cache.claim_refresh(other)  # one refresh at a time
+    cache.refreshed()
+    assert cache.claim_refresh(other)
     monkeypatch.setattr(lc.time, "monotonic", lambda: now + 61)
     assert cache.lookup(b"k", v, SCOPE) is None  # and it never outlives its lifetime
 
