@@ -26,7 +26,7 @@ first); a listing larger than an eighth of that is never kept.
 The slow answers under load were the refills, not the hits (bench/fleet_bench.py, BENCHMARKS.md "Fleet polling"):
 when a hot entry reached its lifetime, every connection asking for it missed at once and queued behind the few
 handler threads (~5 ms of CPU each, holding the GIL against the event loop), so p99 jumped from ~3 to ~250 ms.
-So an entry is refreshed *before* it expires: the first hit after a random point in the last quarter of its
+So an entry is refreshed *before* it expires: the first hit after a random point in the second half of its
 lifetime goes through the application (and refills it) while the others are still answered from the still-valid
 entry; the random point spreads the refills of entries filled together, and at most ``MAX_REFRESHING`` refreshes
 run at a time (the others wait for a later hit), so a wave of them, such as every entry filled after a change or
@@ -60,7 +60,7 @@ _LISTING = re.compile(
     r"|settings/disks/\d+/backups|users/\d+/backups|backups/\d+)"
 )
 # An entry is refreshed by the first hit after a random point in this last fraction of its lifetime.
-REFRESH_AHEAD = (0.75, 0.95)
+REFRESH_AHEAD = (0.5, 0.9)
 MAX_REFRESHING = 1
 
 
