@@ -364,6 +364,16 @@ def report(
                         f"{x.poll.rps:,.0f}, {fmt(x.poll.p99)} / {x.lst.rps:,.0f}, {fmt(x.lst.p99)}" for x in rs
                     )
                 )
+        for procs, runs in r["models"].items():
+            pairs = zip(runs["real"], runs["bare"], strict=True)
+            L.append(
+                f"- {name}, {procs} process(es), real/bare per round (req/s poll, list; p99 poll, list): "
+                + "; ".join(
+                    f"{a.poll.rps / b.poll.rps:.2f}x, {a.lst.rps / b.lst.rps:.2f}x; "
+                    f"{a.poll.p99 / b.poll.p99:.1f}x, {a.lst.p99 / b.lst.p99:.1f}x"
+                    for a, b in pairs
+                )
+            )
         L.append(
             f"- {name}: bodies: poll {r['poll_bytes']:,} B, list {r['list_bytes']:,.0f} B on average; "
             f"pool timeouts {r.get('pool_timeouts')}; profiles {r.get('profiles', [])}"
