@@ -369,9 +369,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(
-        self, kind: str, env: dict[str, str], label: str, http: str, argv: list[str] | None = None
-    ) -> None:
+    def __init__(self, kind: str, env: dict[str, str], label: str, http: str, argv: list[str] | None = None) -> None:
         """``argv`` (run with {port} filled in) instead of the plain uvicorn command line: bench/fleet_bench.py
         starts its servers through bench/api/fleet_server.py, the way `vmbackup serve` runs."""
         self.kind, self.label = kind, label
@@ -406,7 +404,9 @@ class Server:
             self.proc = subprocess.Popen(
                 cmd,
                 env={**clean, **{k: v.replace("{port}", str(self.port)) for k, v in env.items()}},
-                stdout=logf, stderr=subprocess.STDOUT, cwd=str(ROOT)
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
             )
         deadline = time.monotonic() + 120
         while True:
