@@ -230,7 +230,7 @@ def serve(app: Any, settings: Settings, sock: socket.socket) -> None:
 def serve_processes(make_app: Callable[[int], Any], settings: Settings, sock: socket.socket, processes: int) -> int:
     """Serve on ``sock`` from ``processes`` forked processes, process ``i`` running ``make_app(i)``; returns the exit
     status. One process: served here, no fork. The kernel spreads new connections over the processes listening on
-    the shared socket. The parent only waits: SIGINT/SIGTERM are passed on to the children (each stops as
+    the shared socket. The parent only waits: SIGINT/SIGTERM reach the children as SIGTERM (each stops as
     ``serve`` does), and when one child exits the others are stopped too (a supervisor restarts the service
     whole rather than this process respawning a part of it)."""
     if processes <= 1:
@@ -251,10 +251,12 @@ def serve_processes(make_app: Callable[[int], Any], settings: Settings, sock: so
         children[pid] = i
     sock.close()
 
-    def stop(signum: int, _frame: Any) -> None:
+    def stop(_signum: int, _frame: Any) -> None:
+        # Always SIGTERM: after a Ctrl-C the children got the terminal's SIGINT already, and a second SIGINT makes
+        # uvicorn exit at once instead of finishing its requests.
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+                os.kill(pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     status = 0
