@@ -215,7 +215,7 @@ def setup_db(db: Db) -> None:
             if kind == "normal":
                 b = backup_service.new_normal(s, vm.disks[0], server.id)
             else:
-                b = backup_service.new_incremental(s, vm, server.id)
+                b = backup_service.new_incremental(s, vm, list(vm.disks), server.id)
             b.built, b.built_at, b.backup_size, b.logical_size = (
                 True,
                 datetime(2015, 8, 13, 2, 0, 49, tzinfo=UTC),
@@ -369,7 +369,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str, env: dict[str, str], label: str, http: str) -> None:
+    def __init__(self, kind: str, env: dict[str, str], label: str, http: str, argv: list[str] | None = None) -> None:
+        """``argv`` (run with {port} filled in) instead of the plain uvicorn command line: bench/fleet_bench.py
+        starts its servers through bench/api/fleet_server.py, the way `vmbackup serve` runs."""
         self.kind, self.label = kind, label
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -395,10 +397,16 @@ class Server:
             http,
             f"asgi_apps:{kind}",
         ]
+        if argv is not None:
+            cmd = [a.replace("{port}", str(self.port)) for a in argv]
         self.cmd = cmd
         with open(self.log_path, "wb") as logf:
             self.proc = subprocess.Popen(
-                cmd, env={**clean, **env}, stdout=logf, stderr=subprocess.STDOUT, cwd=str(ROOT)
+                cmd,
+                env={**clean, **{k: v.replace("{port}", str(self.port)) for k, v in env.items()}},
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
             )
         deadline = time.monotonic() + 120
         while True:
@@ -465,8 +473,8 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, threads: int, conns: int, seconds: float) -> Wrk:
-    cmd = [
+def wrk_cmd(url: str, threads: int, conns: int, seconds: float, script: Path | None = None) -> list[str]:
+    return [
         "wrk",
         f"-t{threads}",
         f"-c{conns}",
@@ -476,9 +484,17 @@ def wrk(url: str, threads: int, conns: int, seconds: float) -> Wrk:
         "10s",
         "-H",
         f"Authorization: {AUTH}",
+        *(["-s", str(script)] if script else []),
         url,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def wrk(url: str, threads: int, conns: int, seconds: float) -> Wrk:
+    out = subprocess.run(wrk_cmd(url, threads, conns, seconds), capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> Wrk:
     pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]

@@ -63,3 +63,80 @@ def bare() -> Any:
         await send(body_msg)
 
     return app
+
+
+def bare_map() -> Any:
+    """Like ``bare``, but one answer per path: BENCH_BARE_MAP is a pickle of {raw path: (headers, body)}, every
+    path the fleet benchmark requests with the bytes and headers the real service answered it with."""
+    import pickle
+
+    with open(os.environ["BENCH_BARE_MAP"], "rb") as f:
+        answers = pickle.load(f)
+    table = {
+        path.encode(): (
+            {"type": "http.response.start", "status": 200, "headers": [(k.encode(), v.encode()) for k, v in headers]},
+            {"type": "http.response.body", "body": body},
+        )
+        for path, (headers, body) in answers.items()
+    }
+    missing = (
+        {"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]},
+        {"type": "http.response.body", "body": b""},
+    )
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        start, body = table.get(scope["raw_path"], missing)
+        await send(start)
+        await send(body)
+
+    return app
+
+
+def real_gc_log() -> Any:
+    """``real`` plus a log of every garbage collection's pause (gc.callbacks) to BENCH_GC_LOG at exit: to see
+    whether collections are what the slowest requests wait for."""
+    import atexit
+    import gc
+    import time
+
+    app = real()
+    pauses: list[tuple[int, float]] = []
+    started: list[float] = [0.0]
+
+    def cb(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - started[0]))
+
+    gc.callbacks.append(cb)
+
+    def dump() -> None:
+        with open(os.environ["BENCH_GC_LOG"], "w") as f:
+            for gen, s in pauses:
+                f.write(f"{gen} {s * 1000:.3f}\n")
+
+    atexit.register(dump)
+    return app
+
+
+def real_slowpoll() -> Any:
+    """``real`` with SQLite's data_version poller at 1 s instead of 10 ms (experiment: does the poller thread's
+    waking, with its GIL hand-offs, make the event loop's tail?)."""
+    from vmbackup.db import changes
+
+    init = changes.SqliteChanges.__init__
+
+    def slow(self: Any, path: str, **kw: Any) -> None:
+        init(self, path, **{**kw, "poll_seconds": 1.0})
+
+    changes.SqliteChanges.__init__ = slow  # type: ignore[method-assign]
+    return real()

@@ -41,11 +41,17 @@ class Settings(BaseSettings):
     # Threads that run request handlers at once; few, because handlers are mostly Python holding the GIL (the
     # measurements are in BENCHMARKS.md, "Handler threads"); raise it when requests mostly wait on the database.
     api_threads: int = Field(default=4, ge=1, le=1024)
+    # API processes `vmbackup serve` forks, sharing the port (each with its own handler threads and caches). One by
+    # default: measured in BENCHMARKS.md "Fleet polling (issue 11)". Only the first runs the in-process worker and
+    # the SQLite scheduler; requests to the others queue transactions the first one's worker polls for.
+    api_processes: int = Field(default=1, ge=1, le=64)
     # How long a verified Basic credential is trusted without re-running the password hash.
     auth_cache_seconds: int = Field(default=300, ge=0, le=86400)
     # Rendered backup listings kept in memory (api/listing_cache.py): how long at most (never longer than the
-    # credential cache above; 0 turns it off), and how much memory they may use.
-    listing_cache_seconds: int = Field(default=60, ge=0, le=86400)
+    # credential cache above; 0 turns it off), and how much memory they may use. As long as the credential cache:
+    # the change clock, not the lifetime, keeps them true, and every entry's refill costs an uncached request
+    # (at 60 s, a fleet's 1,250 entries filled together came due in a wave: BENCHMARKS.md "Fleet polling").
+    listing_cache_seconds: int = Field(default=300, ge=0, le=86400)
     listing_cache_mib: int = Field(default=64, ge=1, le=16384)
     # Failed logins allowed per minute, per login and per client address, before 429 (0: no limit).
     login_failures_per_minute: int = Field(default=10, ge=0, le=100_000)

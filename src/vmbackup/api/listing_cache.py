@@ -1,6 +1,8 @@
-"""Rendered backup listings kept in memory, served without FastAPI, the database or a thread hop.
+"""Rendered backup listings (and single backups) kept in memory, served without FastAPI, the database or a thread
+hop.
 
-Control panels poll ``GET /virtual_machines/:id/backups(.json)`` far more often than backups change. Going through
+Control panels poll ``GET /virtual_machines/:id/backups(.json)`` and a pending ``GET /backups/:id(.json)`` far more
+often than backups change. Going through
 FastAPI, a pooled connection, authentication and rendering costs ~4 ms of CPU per request (bench/api_bench.py);
 answering from memory costs tens of microseconds. A hand-written ASGI layer, because the point is to skip the
 framework: no caching library can know when a listing stops being true.
@@ -20,11 +22,25 @@ all of these hold, otherwise the request goes through the application as usual a
 Changing a password, suspending or deleting a user, moving a VM to another owner or deleting a backup are writes
 to watched tables, so they end every entry at once. Memory is bounded by ``max_bytes`` (least recently used go
 first); a listing larger than an eighth of that is never kept.
+
+The slow answers under load were the refills, not the hits (bench/fleet_bench.py, BENCHMARKS.md "Fleet polling"):
+when a hot entry reached its lifetime, every connection asking for it missed at once and queued behind the few
+handler threads (~5 ms of CPU each, holding the GIL against the event loop), so p99 jumped from ~3 to ~250 ms.
+So an entry is refreshed *before* it expires: the first hit after a random point in the second half of its
+lifetime goes through the application (and refills it) while the others are still answered from the still-valid
+entry; the random point spreads the refills of entries filled together, and at most ``MAX_REFRESHING`` refreshes
+run at a time (the others wait for a later hit), so a wave of them, such as every entry filled after a change or
+a restart coming due together, holds at most that many handler threads against the event loop. And when an entry
+is missing, only one request per key fills it: the others wait for that one and are answered from what it filled
+(same credentials, same path, same change-clock reading, so the same answer), or go through the application if it
+could not fill.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 import re
 import secrets
 import time
@@ -37,18 +53,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vmbackup.db.changes import ChangeClock
 from vmbackup.services.auth import LoginThrottle
 
-# The listing routes of api/routes/backups.py (after OnAppMiddleware removed the suffix and extra slashes); a VM by
-# its number or its identifier (api/deps.py VmId): two keys for one listing, both ended by the same change clock.
+# The listing routes of api/routes/backups.py and its GET /backups/:id (after OnAppMiddleware removed the suffix and
+# extra slashes); a VM by its number or its identifier (api/deps.py VmId): two keys for one listing, both ended by
+# the same change clock. A backup's answer reads the backups row and the caller (users): both watched tables.
 _LISTING = re.compile(
     r"/(?:virtual_machines/(?:\d+|[a-z0-9]{14})(?:/backups(?:/images|/files)?|/disks/\d+/backups)"
-    r"|settings/disks/\d+/backups|users/\d+/backups)"
+    r"|settings/disks/\d+/backups|users/\d+/backups|backups/\d+)"
 )
+# An entry is refreshed by the first hit after a random point in this last fraction of its lifetime.
+REFRESH_AHEAD = (0.5, 0.9)
+MAX_REFRESHING = 1
 
 
 @dataclass(slots=True)
 class _Entry:
     version: tuple[int, int]
     expires: float
+    refresh_at: float  # from then on, one hit goes through the application to refill it (others still hit)
     user_id: int
     start: Message
     body: Message
@@ -65,6 +86,7 @@ class ListingCache:
         self._secret = secrets.token_bytes(32)
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
+        self._refreshing = 0
         self.hits = 0
 
     def version(self) -> tuple[int, int] | None:
@@ -83,7 +105,8 @@ class ListingCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.version != version or entry.expires <= time.monotonic():
+        now = time.monotonic()
+        if entry.version != version or entry.expires <= now:
             self._drop(key)
             return None
         client = scope.get("client")
@@ -93,15 +116,29 @@ class ListingCache:
         self.hits += 1
         return entry
 
+    def claim_refresh(self, entry: _Entry) -> bool:
+        """Whether the request that just hit ``entry`` should refill it ahead of its expiry (then call
+        ``refreshed`` when done); until it has, the others are still answered from the entry."""
+        if entry.refresh_at > time.monotonic() or self._refreshing >= MAX_REFRESHING:
+            return False
+        entry.refresh_at = entry.expires
+        self._refreshing += 1
+        return True
+
+    def refreshed(self) -> None:
+        self._refreshing -= 1
+
     def fill(self, key: bytes, version: tuple[int, int], user_id: int, start: Message, body: bytes) -> None:
         if len(body) > self._max_entry or self.version() != version:
             return  # too big, or something committed while it was being read: it may already be out of date
         self._drop(key)
         size = len(body) + 256
         headers = list(start.get("headers", []))
+        now = time.monotonic()
         self._entries[key] = _Entry(
             version,
-            time.monotonic() + self._ttl,
+            now + self._ttl,
+            now + self._ttl * random.uniform(*REFRESH_AHEAD),
             user_id,
             {"type": "http.response.start", "status": 200, "headers": headers},
             {"type": "http.response.body", "body": body, "more_body": False},
@@ -126,6 +163,7 @@ class ListingCacheMiddleware:
     def __init__(self, app: ASGIApp, cache: ListingCache) -> None:
         self.app = app
         self.cache = cache
+        self._filling: dict[bytes, asyncio.Event] = {}  # keys being filled by a request in flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or not _LISTING.fullmatch(scope["path"]):
@@ -138,7 +176,16 @@ class ListingCacheMiddleware:
             await self.app(scope, receive, send)
             return
         entry = cache.lookup(key, version, scope)
+        if entry is None and (filling := self._filling.get(key)) is not None:
+            await filling.wait()  # another request is filling this very entry: its answer is this one's
+            entry = cache.lookup(key, version, scope)
         if entry is not None:
+            if cache.claim_refresh(entry):
+                try:
+                    await self._fill(scope, receive, send, key, version)
+                finally:
+                    cache.refreshed()
+                return
             await send(entry.start)
             await send(entry.body)
             return
@@ -158,7 +205,17 @@ class ListingCacheMiddleware:
                 complete = not message.get("more_body", False)
             await send(message)
 
-        await self.app(scope, receive, capture)
-        user_id: Any = scope["state"].get("user_id")
-        if start is not None and start["status"] == 200 and complete and isinstance(user_id, int):
-            self.cache.fill(key, version, user_id, start, b"".join(parts))
+        filling = self._filling.get(key)
+        if filling is None:
+            filling = self._filling[key] = asyncio.Event()
+        else:
+            filling = None  # a refresh-ahead while another fill runs, or a waiter that found nothing: no second owner
+        try:
+            await self.app(scope, receive, capture)
+            user_id: Any = scope["state"].get("user_id")
+            if start is not None and start["status"] == 200 and complete and isinstance(user_id, int):
+                self.cache.fill(key, version, user_id, start, b"".join(parts))
+        finally:
+            if filling is not None:
+                del self._filling[key]
+                filling.set()

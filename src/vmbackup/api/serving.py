@@ -23,10 +23,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import resource
+import signal
 import socket
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import uvicorn
@@ -221,3 +225,54 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
 def serve(app: Any, settings: Settings, sock: socket.socket) -> None:
     """Serve ``app`` on the already listening ``sock`` until a signal stops it."""
     uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[sock])
+
+
+def serve_processes(make_app: Callable[[int], Any], settings: Settings, sock: socket.socket, processes: int) -> int:
+    """Serve on ``sock`` from ``processes`` forked processes, process ``i`` running ``make_app(i)``; returns the exit
+    status. One process: served here, no fork. The kernel spreads new connections over the processes listening on
+    the shared socket. The parent only waits: SIGINT/SIGTERM reach the children as SIGTERM (each stops as
+    ``serve`` does), and when one child exits the others are stopped too (a supervisor restarts the service
+    whole rather than this process respawning a part of it)."""
+    if processes <= 1:
+        serve(make_app(0), settings, sock)
+        return 0
+    children: dict[int, int] = {}
+    for i in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                serve(make_app(i), settings, sock)
+            except BaseException:
+                log.exception("API process %d failed", i)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = i
+    sock.close()
+
+    def stop(_signum: int, _frame: Any) -> None:
+        # Always SIGTERM: after a Ctrl-C the children got the terminal's SIGINT already, and a second SIGINT makes
+        # uvicorn exit at once instead of finishing its requests.
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    try:
+        while children:
+            try:
+                pid, raw = os.wait()
+            except ChildProcessError:
+                break
+            children.pop(pid, None)
+            code = os.waitstatus_to_exitcode(raw)
+            if code != 0 and status == 0:
+                status = 1
+                log.error("API process %d exited with %d: stopping the others", pid, code)
+            stop(signal.SIGTERM, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -58,9 +58,27 @@ def serve() -> None:
         sys.exit(1)
     from vmbackup.api.app import create_app
 
-    app = create_app(settings)
-    click.echo(f"vmbackup: listening on http://{settings.listen} (data in {settings.data_dir.resolve()})")
-    serving.serve(app, settings, sock)
+    if settings.api_processes == 1:
+        app = create_app(settings)
+        click.echo(f"vmbackup: listening on http://{settings.listen} (data in {settings.data_dir.resolve()})")
+        serving.serve(app, settings, sock)
+        return
+    # Several processes: migrate and seed here, once (no worker built: nothing with threads or connections before
+    # the fork), then each process builds its own app. One worker and one scheduler per service: the first's.
+    create_app(settings.model_copy(update={"worker": "external"})).state.engine.dispose()
+    click.echo(
+        f"vmbackup: listening on http://{settings.listen} with {settings.api_processes} processes "
+        f"(data in {settings.data_dir.resolve()})"
+    )
+
+    def build(i: int) -> Any:
+        if i == 0:
+            return create_app(settings)
+        other = create_app(settings.model_copy(update={"worker": "external"}))
+        other.state.scheduler = None
+        return other
+
+    sys.exit(serving.serve_processes(build, settings, sock, settings.api_processes))
 
 
 @cli.command()

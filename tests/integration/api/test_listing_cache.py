@@ -178,3 +178,19 @@ def test_a_password_changed_by_another_process_ends_the_remembered_credential(ap
     _wait_for_feed(cache, before)
     assert alice.get("/virtual_machines.json").status_code == 401
     assert alice.as_("alice", "changed-elsewhere-1").get("/virtual_machines.json").status_code == 200
+
+
+def test_a_polled_backup_is_served_from_memory_until_it_changes(app, cache, world):
+    """GET /backups/:id (what a control panel polls while a backup is pending) goes through the same cache."""
+    backup_id = make_backup(app, disk_id=world["disk_a"]["id"], note="old")
+    alice = world["as_alice"]
+    _settle(cache)
+    for fmt in ("json", "xml"):
+        first = alice.get(f"/backups/{backup_id}.{fmt}")
+        hits = cache.hits
+        second = alice.get(f"/backups/{backup_id}.{fmt}")
+        assert cache.hits == hits + 1
+        assert (second.status_code, second.content) == (200, first.content)
+    assert world["as_bob"].get(f"/backups/{backup_id}.json").status_code == 404
+    assert alice.put(f"/backups/{backup_id}.json", {"backup": {"note": "new"}}).status_code == 204
+    assert alice.get(f"/backups/{backup_id}.json").json()["backup"]["note"] == "new"

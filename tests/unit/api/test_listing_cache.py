@@ -70,3 +70,69 @@ def test_a_fill_read_before_a_commit_is_not_kept():
     cache.clock.bump()  # committed while the listing was being read
     cache.fill(b"k", v, 7, START, b"[]")
     assert len(cache) == 0
+
+
+def test_an_entry_is_refreshed_by_one_request_before_it_expires(monkeypatch):
+    """Near the end of its lifetime one hit refills it (one refresh at a time); the others are still answered."""
+    import vmbackup.api.listing_cache as lc
+
+    cache = _cache(Feed(), ttl=60.0)
+    v = cache.version()
+    cache.fill(b"k", v, 7, START, b"[]")
+    cache.fill(b"j", v, 7, START, b"[]")
+    entry, other = cache.lookup(b"k", v, SCOPE), cache.lookup(b"j", v, SCOPE)
+    assert entry is not None and other is not None
+    assert not cache.claim_refresh(entry)
+    now = lc.time.monotonic()
+    monkeypatch.setattr(lc.time, "monotonic", lambda: now + 60 * 0.96)
+    assert cache.claim_refresh(entry)  # this request refills it
+    assert not cache.claim_refresh(entry)  # the others are still answered from memory
+    assert not cache.claim_refresh(other)  # one refresh at a time
+    cache.refreshed()
+    assert cache.claim_refresh(other)
+    monkeypatch.setattr(lc.time, "monotonic", lambda: now + 61)
+    assert cache.lookup(b"k", v, SCOPE) is None  # and it never outlives its lifetime
+
+
+def test_a_missing_entry_is_filled_by_one_request_the_others_wait_for_it():
+    import asyncio
+
+    from vmbackup.api.listing_cache import ListingCacheMiddleware
+
+    cache = _cache(Feed())
+    calls = 0
+
+    async def app(scope, receive, send):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        scope["state"]["user_id"] = 7
+        await send(START)
+        await send({"type": "http.response.body", "body": b"[1]", "more_body": False})
+
+    mw = ListingCacheMiddleware(app, cache)
+
+    async def request() -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/backups/1",
+            "query_string": b"",
+            "headers": [(b"authorization", b"Basic eDp5")],
+            "state": {"fmt": "json"},
+            "client": ("10.0.0.1", 1),
+        }
+        await mw(scope, None, send)
+        return sent
+
+    async def main():
+        return await asyncio.gather(*(request() for _ in range(10)))
+
+    answers = asyncio.run(main())
+    assert calls == 1
+    assert all(a[1]["body"] == b"[1]" for a in answers)
