@@ -254,7 +254,8 @@ def hypervisor(h: Hypervisor, online: bool) -> Fields:
     }
 
 
-def hypervisor_zone(z: HypervisorZone) -> Fields:
+def _zone(z: HypervisorZone | BackupServerZone) -> Fields:
+    """What OnApp's zones of either kind share (``hypervisor_group`` and ``backup_server_group``)."""
     return {
         "id": z.id,
         "label": z.label,
@@ -262,9 +263,11 @@ def hypervisor_zone(z: HypervisorZone) -> Fields:
         "location_group_id": z.location_group_id,
         "closed": z.closed,
         "server_type": z.server_type,
-        "created_at": z.created_at,
-        "updated_at": z.updated_at,
     }
+
+
+def hypervisor_zone(z: HypervisorZone) -> Fields:
+    return {**_zone(z), "created_at": z.created_at, "updated_at": z.updated_at}
 
 
 def backup_server_join(j: BackupServerJoin) -> Fields:
@@ -387,12 +390,7 @@ def schedule(s: Schedule) -> Fields:
 
 def backup_server_zone(z: BackupServerZone) -> Fields:
     return {
-        "id": z.id,
-        "label": z.label,
-        "identifier": z.identifier,
-        "location_group_id": z.location_group_id,
-        "closed": z.closed,
-        "server_type": z.server_type,
+        **_zone(z),
         "federation_id": None,
         "federation_enabled": False,
         "traded": False,

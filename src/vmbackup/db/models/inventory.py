@@ -82,7 +82,8 @@ class VirtualMachine(Timestamps, Base):
     __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    identifier: Mapped[str] = mapped_column(String(14), default=new_identifier)
+    # Indexed: clients address VMs by identifier as often as by id (api/deps.py VmId).
+    identifier: Mapped[str] = mapped_column(String(14), default=new_identifier, index=True)
     label: Mapped[str] = mapped_column(String(255))
     hostname: Mapped[str | None] = mapped_column(String(255))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
