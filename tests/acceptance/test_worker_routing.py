@@ -1,6 +1,6 @@
 """Workers that run where the disk is, as real OS processes on PostgreSQL: `vmbackup worker --hypervisor 1`,
 `--hypervisor 2` and `--backup-server 1` beside an API (in this process, VMBACKUP_WORKER=external). Each backup runs
-on its hypervisor's worker; with one worker stopped its transactions wait, saying so, while the others go on; a
+on its hypervisor's worker; with one worker killed its transactions wait, saying so, while the others go on; a
 VM moved to another hypervisor goes to that one's worker, pending work included; a delete runs on the backup
 server's worker."""
 
@@ -182,14 +182,21 @@ def test_each_hypervisors_backups_run_on_its_worker_and_wait_for_it_when_it_is_d
         _ran_on(_finished(service, tx_a), workers["hv1"], "hypervisor 1")
         _ran_on(_finished(service, tx_b), workers["hv2"], "hypervisor 2")
 
-        # Hypervisor 2's worker stops: its new transactions wait, and say so; hypervisor 1's go on.
-        _stop(workers["hv2"])
+        # Hypervisor 2's worker is killed (no clean stop: its heartbeat row stays until it is 30 s old): its new
+        # transactions wait, and say so once the row is stale (at the next beat of a live worker); hypervisor 1's
+        # go on meanwhile.
+        _stop(workers["hv2"], signal.SIGKILL)
         (_, waiting_b), (_, waiting_c) = _take(service, b["disk"]), _take(service, c["disk"])
         _, tx_a2 = _take(service, a["disk"])
         _ran_on(_finished(service, tx_a2), workers["hv1"], "hypervisor 1")
-        for tx_id in (waiting_b, waiting_c):
+
+        def said_waiting(tx_id: int) -> bool:
             tx = _tx(service, tx_id)
-            assert tx.status == "pending" and "waiting for a worker on hypervisor 2" in tx.log_output
+            assert tx.status == "pending", tx.log_output
+            return "waiting for a worker on hypervisor 2" in tx.log_output
+
+        for tx_id in (waiting_b, waiting_c):
+            wait_for(lambda tx_id=tx_id: said_waiting(tx_id), 90, f"tx {tx_id} saying it waits")
 
         # A VM moved to hypervisor 1 while its take waits: hypervisor 1's worker runs it.
         _move(service, c["vm"], 1)
