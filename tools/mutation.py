@@ -106,6 +106,21 @@ TARGETS: dict[str, Target] = {
         ("tests/failure/test_action_races.py", "tests/integration/api/test_backups.py"),
         functions=("x__mark_built",),
     ),
+    # The fleet (issue 11): which backup server a take goes to, the per-user backup space check, which queue (and so
+    # which worker) a transaction goes to, and what the live workers serve.
+    "services.placement": Target("vmbackup/services/placement.py", ("tests/integration/services/test_placement.py",)),
+    "services.space": Target("vmbackup/services/space.py", ("tests/integration/api/test_backup_space.py",)),
+    "services.routing": Target(
+        "vmbackup/services/routing.py",
+        ("tests/integration/jobs/test_routing.py", "tests/integration/api/test_vm_resource.py"),
+    ),
+    # What the live workers serve and the waiting line of a transaction no live worker serves; the heartbeat
+    # writer (`beat`, `Heartbeat`, `prune`, `check_ids`) is left out.
+    "services.fleet": Target(
+        "vmbackup/services/fleet.py",
+        ("tests/integration/jobs/test_routing.py", "tests/integration/api/test_hypervisors.py"),
+        functions=("xǁServedǁ", "x_served", "x_waiting_log", "x_note_waiting"),
+    ),
 }
 
 

@@ -149,3 +149,38 @@ def test_a_scheduled_take_over_the_limit_is_logged_and_queues_nothing(app: Any, 
         [log] = db.scalars(select(ScheduleLog).where(ScheduleLog.schedule_id == sid)).all()
         assert log.status == "failed" and REFUSED.format(1) in log.log_output, log.log_output
         assert db.get(Schedule, sid).failure_count == 1  # type: ignore[union-attr]
+
+
+def test_a_normal_backup_is_estimated_at_what_the_last_backup_of_its_disk_added(app: Any, api: Any, quiet: Any) -> None:
+    """Not at the disk's size once the disk has a built backup; and the refusal says the usage and the estimate."""
+    alice, disk = quiet["alice"]["id"], quiet["disk_a"]["id"]  # a 5 GB disk
+    make_backup(app, disk_id=disk, size_kb=2 * GB // 3)  # 0.67 GB stored
+    _limit(api, alice, 2)  # 0.67 + 0.67 fits; 0.67 + 5 would not
+    assert quiet["as_alice"].post(f"/settings/disks/{disk}/backups.json").status_code == 201
+    _limit(api, alice, 1)  # 0.67 + 0.67 is over
+    r = quiet["as_alice"].post(f"/settings/disks/{disk}/backups.json")
+    assert r.status_code == 422 and r.json()["errors"] == [
+        REFUSED.format(1) + " (0.67 GB used, this backup needs about 0.67 GB)"
+    ]
+
+
+def test_a_first_incremental_is_estimated_at_all_its_vms_disks(app: Any, api: Any, quiet: Any) -> None:
+    alice, vm = quiet["alice"]["id"], quiet["vm_a"]["id"]  # a 5 GB disk, never backed up
+    api.disk(vm, quiet["data_store"]["id"], label="data", disk_size=3, primary=False, image_path="/srv/images/a2.img")
+    make_backup(app, disk_id=quiet["disk_a"]["id"], size_kb=0)  # a normal backup: no estimate for an incremental
+    _limit(api, alice, 7)
+    r = quiet["as_alice"].post(f"/virtual_machines/{vm}/backups.json")
+    assert r.status_code == 422 and "needs about 8.0 GB" in r.json()["errors"][0], r.text
+    _limit(api, alice, 8)
+    assert quiet["as_alice"].post(f"/virtual_machines/{vm}/backups.json").status_code == 201
+
+
+def test_a_limit_used_up_refuses_even_a_backup_that_should_add_nothing(app: Any, api: Any, quiet: Any) -> None:
+    alice, disk = quiet["alice"]["id"], quiet["disk_a"]["id"]
+    make_backup(app, disk_id=disk, size_kb=GB)
+    make_backup(app, disk_id=disk, size_kb=0)  # fully deduplicated: the next one is estimated at 0 kB
+    _limit(api, alice, 1)  # used: exactly the limit
+    r = quiet["as_alice"].post(f"/settings/disks/{disk}/backups.json")
+    assert r.status_code == 422 and r.json()["errors"][0].startswith(REFUSED.format(1)), r.text
+    _limit(api, alice, 2)
+    assert quiet["as_alice"].post(f"/settings/disks/{disk}/backups.json").status_code == 201

@@ -286,3 +286,121 @@ def test_a_heartbeat_thread_beats_again(sessions):
     finally:
         beat.stop()
     assert _workers(sessions) == []
+
+
+def test_queue_names_are_the_stored_ones_and_read_back_for_logs():
+    """Queue names are stored in every transaction (and are procrastinate's queues): they must not drift."""
+    assert (routing.hypervisor_queue(3), routing.backup_server_queue(12)) == ("hypervisor-3", "backup_server-12")
+    assert routing.queues_of([1, 3], [2]) == ["hypervisor-1", "hypervisor-3", "backup_server-2"]
+    assert routing.queues_of([], [2]) == ["backup_server-2"] and routing.queues_of([], []) is None
+    described = [routing.describe(q) for q in ("hypervisor-3", "backup_server-12", "default")]
+    assert described == ["hypervisor 3", "backup server 12", "any worker"]
+
+
+def test_work_on_disks_goes_to_the_vms_hypervisor_and_work_on_stored_data_to_its_backup_server(sessions):
+    from vmbackup.db.models import ImageTemplate
+
+    with sessions() as db:
+        user_id = db.scalar(select(User.id))
+        on_hv = VirtualMachine(label="on", user_id=user_id, template_id=_template(db), hypervisor_id=2)
+        nowhere = VirtualMachine(label="off", user_id=user_id, template_id=_template(db))
+        db.add_all([on_hv, nowhere])
+        db.flush()
+        stored = Backup(backup_server_id=1, built=True, **_backup_fields(db))
+        unplaced = Backup(built=True, **_backup_fields(db))
+        template = ImageTemplate(label="converted", backup_server_id=1)
+        db.add_all([stored, unplaced, template])
+        db.flush()
+        for action in ("take_backup", "take_incremental_backup", "restore_backup"):
+            assert routing.queue_for(db, action, "Backup", stored.id, on_hv.id) == H2, action
+            assert routing.queue_for(db, action, "Backup", stored.id, nowhere.id) == "default", action
+            assert routing.queue_for(db, action, "Backup", stored.id, None) == "default", action
+        for action in ("destroy_backup", "convert_backup"):
+            assert routing.queue_for(db, action, "Backup", stored.id, on_hv.id) == BS1, action
+            assert routing.queue_for(db, action, "Backup", unplaced.id, on_hv.id) == "default", action
+        assert routing.queue_for(db, "destroy_template", "ImageTemplate", template.id, None) == BS1
+        assert routing.queue_for(db, "destroy_template", "ImageTemplate", 4242, None) == "default"
+        # Only backups and templates are stored data; another parent (none today) is no template.
+        assert routing.queue_for(db, "destroy_backup", "Other", template.id, None) == "default"
+
+
+def test_a_moved_vm_takes_along_only_its_pending_work_on_disks(sessions):
+    with sessions() as db:
+        user_id = db.scalar(select(User.id))
+        vm, other = (
+            VirtualMachine(label=n, user_id=user_id, template_id=_template(db), hypervisor_id=1) for n in ("a", "b")
+        )
+        db.add_all([vm, other])
+        db.flush()
+
+        def tx(action: str, vm_id: int, status: str = "pending", queue: str = H1) -> Transaction:
+            t = Transaction(
+                action=action, parent_type="Backup", parent_id=0, associated_object_id=vm_id, status=status, queue=queue
+            )
+            db.add(t)
+            return t
+
+        moved = [tx(a, vm.id) for a in ("take_backup", "take_incremental_backup", "restore_backup")]
+        stays = [
+            tx("take_backup", vm.id, status="running"),
+            tx("destroy_backup", vm.id, queue=BS1),
+            tx("take_backup", other.id),
+        ]
+        vm.hypervisor_id = 2
+        db.flush()
+        assert routing.reroute_vm(db, vm.id) == 3
+        db.commit()
+        assert [_get(sessions, t.id).queue for t in moved] == [H2] * 3
+        assert [_get(sessions, t.id).queue for t in stays] == [H1, BS1, H1]
+        vm.hypervisor_id = None
+        db.flush()
+        assert routing.reroute_vm(db, vm.id) == 3
+        db.commit()
+        assert [_get(sessions, t.id).queue for t in moved] == ["default"] * 3
+
+
+def test_a_catch_all_worker_serves_every_backup_server_and_leaves_nothing_waiting(sessions):
+    now = datetime.now(UTC).replace(microsecond=0)
+    with sessions() as db:
+        fleet.beat(db, "bs1:1", backup_server_ids=[1], now=now)
+        db.commit()
+        live = fleet.served(db, now)
+        assert live.backup_server(1) and not live.backup_server(2) and not live.hypervisor(1)
+        assert live.queue(BS1) and not live.queue(routing.backup_server_queue(2))
+    tx_id = _tx(sessions, H2)
+    with sessions() as db:
+        fleet.beat(db, "generic:2", now=now)
+        db.commit()
+        live = fleet.served(db, now)
+        assert live.everything and live.backup_server(2) and live.queue(H2)
+        assert fleet.note_waiting(db, now) == 0
+        assert fleet.waiting_log(db, H2, now) == ""
+        db.commit()
+    assert _get(sessions, tx_id).log_output == ""
+
+
+def test_liveness_is_judged_at_the_time_given(sessions):
+    """`now` is the moment the fleet is looked at (tests, and a pass that reads the clock once): a worker that beat
+    an hour before it is live then, whatever the clock says."""
+    then = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    with sessions() as db:
+        fleet.beat(db, "hv1:1", hypervisor_ids=[1], now=then)
+        db.commit()
+    tx_id = _tx(sessions, H1)
+    with sessions() as db:
+        assert fleet.served(db, then).hypervisor(1) and not fleet.served(db).hypervisor(1)
+        assert fleet.waiting_log(db, H1, then) == "" and fleet.waiting_log(db, H1) != ""
+        assert fleet.note_waiting(db, then) == 0
+        db.commit()
+    assert _get(sessions, tx_id).log_output == ""
+
+
+def test_only_pending_transactions_are_told_they_wait(sessions):
+    now = datetime.now(UTC).replace(microsecond=0)
+    pending = _tx(sessions, H1)
+    ended = [_tx(sessions, H1, f"vm:{s}", status=s) for s in ("running", "complete", "failed")]
+    with sessions() as db:
+        assert fleet.note_waiting(db, now) == 1
+        db.commit()
+    assert "waiting for a worker on hypervisor 1" in _get(sessions, pending).log_output
+    assert [_get(sessions, t).log_output for t in ended] == [""] * 3

@@ -81,7 +81,9 @@ def _take(fleet: dict[str, Any]) -> int:
         return backup.backup_server_id
 
 
-def _worker(fleet: dict[str, Any], name: str, cpu_idle: int | None, servers: list[int]) -> None:
+def _worker(
+    fleet: dict[str, Any], name: str, cpu_idle: int | None, servers: list[int], hypervisors: list[int] | None = None
+) -> None:
     now = datetime.now(UTC)
     with fleet["sessions"]() as db:
         db.add(
@@ -89,7 +91,7 @@ def _worker(fleet: dict[str, Any], name: str, cpu_idle: int | None, servers: lis
                 name=name,
                 host=name,
                 pid=1,
-                hypervisor_ids=[],
+                hypervisor_ids=hypervisors or [],
                 backup_server_ids=servers,
                 cpu_idle=cpu_idle,
                 started_at=now,
@@ -203,6 +205,44 @@ def test_a_catch_all_worker_speaks_for_servers_without_their_own(fleet: dict[str
     assert _place(fleet) == bs2
     with fleet["sessions"]() as db:
         assert placement.cpu_idle(db).of(bs2) == 80
+
+
+def _idle(fleet: dict[str, Any], *servers: int) -> list[int | None]:
+    with fleet["sessions"]() as db:
+        idle = placement.cpu_idle(db)
+        return [idle.of(s) for s in servers]
+
+
+def test_a_worker_without_a_reading_does_not_hide_the_others(fleet: dict[str, Any]) -> None:
+    bs1, bs2, _ = fleet["servers"]
+    _worker(fleet, "a-own:1", None, [bs1])  # no load average on its host; sorted before the next one
+    _worker(fleet, "b-own:1", 60, [bs1])
+    _worker(fleet, "c-all:1", None, [])
+    _worker(fleet, "d-all:1", 20, [])
+    _worker(fleet, "e-own:1", 30, [bs1])  # of several, the most idle: it picks the next job up first
+    _worker(fleet, "f-all:1", 10, [])
+    assert _idle(fleet, bs1, bs2) == [60, 20]
+
+
+def test_only_a_catch_all_worker_speaks_for_servers_without_their_own(fleet: dict[str, Any]) -> None:
+    """A worker for some hypervisors runs on those hosts, one for a backup server on that server: neither
+    figure is another backup server's."""
+    bs1, bs2, _ = fleet["servers"]
+    _worker(fleet, "hv:1", 90, [], hypervisors=[fleet["hv1"]])
+    _worker(fleet, "bs1:1", 80, [bs1])
+    assert _idle(fleet, bs1, bs2) == [80, None]
+
+
+def test_a_fully_loaded_server_is_measured_zero_and_still_beats_unknown(fleet: dict[str, Any]) -> None:
+    bs1, bs2, bs3 = fleet["servers"]
+    for s in (bs1, bs2):
+        _join(fleet, s, "Hypervisor", fleet["hv1"])
+    _worker(fleet, "bs2:1", 0, [bs2])
+    assert _idle(fleet, bs1, bs2) == [None, 0]
+    assert _place(fleet) == bs2  # measured, even at 0, beats unknown
+    _worker(fleet, "all:1", 0, [])
+    assert _idle(fleet, bs1, bs3) == [0, 0]
+    assert _place(fleet) == bs1  # both measured at 0: the lowest id
 
 
 def test_none_eligible_answers_onapps_message_and_queues_nothing(fleet: dict[str, Any]) -> None:
