@@ -8,11 +8,12 @@ the schedule's ``start_at``, so exactly one of them fires it.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from vmbackup.db.base import utcnow
 from vmbackup.db.models import Backup, Schedule, ScheduleLog, Transaction, User
 from vmbackup.db.queries import schedules as q
 from vmbackup.errors import VmbackupError
@@ -21,10 +22,6 @@ from vmbackup.services.periods import next_after
 from vmbackup.services.schedules import flag_disks, owner_zone
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _log(db: Session, schedule_id: int, status: str, text: str, tx_id: int | None = None) -> None:
@@ -36,7 +33,7 @@ def tick(sessions: sessionmaker[Session], now: datetime | None = None) -> list[i
 
     Each schedule is read and fired in its own session under its own error handling: a schedule that cannot run is
     disabled or counted as failed, with the reason in its log, and the others still fire (F4)."""
-    now = now or _now()
+    now = now or utcnow()
     queued: list[int] = []
     with sessions() as db:
         due = q.due(db, now)

@@ -8,10 +8,11 @@ import os
 import socket
 import threading
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from vmbackup.db.base import utcnow
 from vmbackup.db.models import Backup, BackupServer, Transaction
 from vmbackup.db.queries import common
 from vmbackup.db.queries import transactions as q
@@ -29,10 +30,6 @@ Sessions = sessionmaker[Session]
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 class TxLog:
@@ -57,7 +54,7 @@ class TxLog:
 
     def __call__(self, message: str) -> None:
         with self._lock:
-            self.lines.append(f"[{_now().isoformat()}] {self._redact(message)}")
+            self.lines.append(f"[{utcnow().isoformat()}] {self._redact(message)}")
 
     def text(self) -> str:
         with self._lock:
@@ -92,7 +89,7 @@ def _finish(sessions: Sessions, tx_id: int, **values: object) -> None:
 def _heartbeat(sessions: Sessions, tx_id: int, txlog: TxLog, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_SECONDS):
         try:
-            _write(sessions, tx_id, heartbeat_at=_now(), log_output=txlog.text(), log_secrets=txlog.secrets())
+            _write(sessions, tx_id, heartbeat_at=utcnow(), log_output=txlog.text(), log_secrets=txlog.secrets())
         except Exception:  # a database blip must not kill the work; the next beat tries again
             log.warning("heartbeat of transaction %s failed", tx_id, exc_info=True)
 
@@ -115,7 +112,7 @@ def execute(sessions: Sessions, tx_id: int, me: str | None = None, queues: Colle
         if not serves(queues, tx.queue):
             log.info("transaction %s is for %s, not for worker %s", tx_id, tx.queue, me)
             return None
-        if not q.claim(db, tx_id, list(tx.lock_keys), me, os.getpid(), _now(), queues):
+        if not q.claim(db, tx_id, list(tx.lock_keys), me, os.getpid(), utcnow(), queues):
             return None
         db.refresh(tx)
         db.expunge(tx)
@@ -148,8 +145,8 @@ def execute(sessions: Sessions, tx_id: int, me: str | None = None, queues: Colle
         sessions,
         tx_id,
         status=status,
-        finished_at=_now(),
-        heartbeat_at=_now(),
+        finished_at=utcnow(),
+        heartbeat_at=utcnow(),
         log_output=txlog.text(),
         log_secrets=txlog.secrets(),
     )
@@ -182,7 +179,7 @@ def recover(
     With ``clean_storage`` (worker start-up, when nothing else runs) it also removes the temporary files a
     killed worker left in the storage of every backup server, or of ``backup_server_ids`` only (a dedicated
     worker: the other servers' storage may not even be mounted on its host)."""
-    now, host = _now(), socket.gethostname()
+    now, host = utcnow(), socket.gethostname()
     recovered = []
     with sessions() as db:
         stalled = [tx for tx in q.running(db) if _is_dead(tx, now, host)]

@@ -18,6 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from vmbackup.db.base import utcnow
 from vmbackup.db.models import BackupServer, Hypervisor, Transaction, WorkerHeartbeat
 from vmbackup.errors import NotFound
 from vmbackup.services import routing
@@ -70,10 +71,6 @@ HEARTBEAT_SECONDS = 10.0
 PRUNE_AFTER = timedelta(days=1)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
 def cpu_idle() -> int | None:
     """0..100 from the 1-minute load average over the CPUs (OnApp's ``cpu_idle``); None where there is none."""
     try:
@@ -93,7 +90,7 @@ def beat(
     now: datetime | None = None,
 ) -> None:
     """Insert or refresh worker ``name``'s row (host:pid); one statement, so two beats never race to insert."""
-    now = now or _now()
+    now = now or utcnow()
     host, _, pid = name.rpartition(":")
     values = {
         "name": name,
@@ -118,7 +115,7 @@ def forget(db: Session, name: str) -> None:
 
 def prune(db: Session, now: datetime | None = None) -> int:
     """Drop the rows of workers silent for `PRUNE_AFTER`; returns how many."""
-    since = (now or _now()) - PRUNE_AFTER
+    since = (now or utcnow()) - PRUNE_AFTER
     return db.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.heartbeat_at < since)).rowcount  # type: ignore[attr-defined,no-any-return]
 
 
@@ -150,13 +147,13 @@ def _waiting_line(queue: str, now: datetime) -> str:
 
 def waiting_log(db: Session, queue: str, now: datetime | None = None) -> str:
     """The first log line of a transaction queued now to ``queue``: "" while a live worker serves it."""
-    return "" if served(db, now).queue(queue) else _waiting_line(queue, now or _now())
+    return "" if served(db, now).queue(queue) else _waiting_line(queue, now or utcnow())
 
 
 def note_waiting(db: Session, now: datetime | None = None) -> int:
     """Say in the log of every pending transaction whose queue has no live worker that it waits for one, once per
     queue (a worker that died after it was queued, a VM moved to a hypervisor without one). Returns how many."""
-    now = now or _now()
+    now = now or utcnow()
     live = served(db, now)
     if live.everything:
         return 0
@@ -191,7 +188,7 @@ class Heartbeat:
     ) -> None:
         self.sessions, self.name, self.every = sessions, name, every
         self.hypervisor_ids, self.backup_server_ids = list(hypervisor_ids), list(backup_server_ids)
-        self.started_at = _now()
+        self.started_at = utcnow()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

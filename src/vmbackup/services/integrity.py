@@ -10,20 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from vmbackup.db.base import utcnow
 from vmbackup.db.models import Backup, BackupServer
 from vmbackup.errors import VmbackupError
 from vmbackup.services.tasks import engine_for
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 class Throttle:
@@ -77,7 +74,7 @@ def check(sessions: sessionmaker[Session], backup_id: int, mib_per_second: float
     with sessions() as db:
         backup = db.get(Backup, backup_id)
         if backup is not None:
-            backup.verified_at = _now()
+            backup.verified_at = utcnow()
             backup.integrity = "damaged" if problems else "ok"
             backup.integrity_log = "\n".join(problems) or None
             db.commit()
@@ -100,5 +97,5 @@ def run_due(
     if interval_hours <= 0 or (backup_server_ids is not None and not backup_server_ids):
         return {}
     with sessions() as db:
-        ids = due(db, now or _now(), timedelta(hours=interval_hours), limit, backup_server_ids)
+        ids = due(db, now or utcnow(), timedelta(hours=interval_hours), limit, backup_server_ids)
     return {backup_id: check(sessions, backup_id, mib_per_second) for backup_id in ids}

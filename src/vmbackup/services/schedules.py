@@ -6,13 +6,14 @@ schedule applies the enabled presets; enabling one that has schedules keeps them
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, tzinfo
+from datetime import tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from vmbackup.db.base import utcnow
 from vmbackup.db.models import AutobackupPreset, Disk, Schedule, ScheduleLog, User, VirtualMachine
 from vmbackup.db.queries import schedules as q
 from vmbackup.errors import Invalid
@@ -24,10 +25,6 @@ TARGETS = ("Disk", "VirtualMachine")
 # Shipped defaults, created on first start: daily kept a week and weekly kept a month are on; monthly and
 # yearly exist for the admin to switch on.
 DEFAULT_PRESETS = (("days", 1, 7, True), ("weeks", 1, 4, True), ("months", 1, 12, False), ("years", 1, 2, False))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def target_owner(db: Session, actor: User, target_type: str, target_id: int) -> int:
@@ -80,7 +77,7 @@ def _check(db: Session, owner_id: int, values: dict[str, Any], allowed_periods: 
     if problem:
         raise Invalid(fields={"duration": [problem]})
     problem = periods.start_problem(anchor) or periods.runs_problem(
-        anchor, owner_zone(db.get(User, owner_id)), period, duration, _now()
+        anchor, owner_zone(db.get(User, owner_id)), period, duration, utcnow()
     )
     if problem:
         raise Invalid(fields={"start_at": [problem]})
@@ -90,7 +87,7 @@ def create_schedule(db: Session, actor: User, data: dict[str, Any], allowed_peri
     if data.get("target_id") is None:
         raise Invalid(fields={"target_id": ["can't be blank"]})
     owner = target_owner(db, actor, data["target_type"], data["target_id"])
-    start = data.pop("start_at", None) or _now()
+    start = data.pop("start_at", None) or utcnow()
     values = {"period": "days", "duration": 1, **data, "anchor_at": start, "start_at": start}
     _check(db, owner, values, allowed_periods)
     schedule = Schedule(user_id=owner, **values)
@@ -105,7 +102,7 @@ def update_schedule(
 ) -> None:
     schedule = get_schedule(db, actor, schedule_id)
     if "start_at" in data:  # a new start re-anchors the series
-        data["anchor_at"] = data["start_at"] = data["start_at"] or _now()
+        data["anchor_at"] = data["start_at"] = data["start_at"] or utcnow()
     elif {"period", "duration"} & data.keys():
         data["anchor_at"] = schedule.start_at  # keep the next run, count the new period from it
     if {"period", "duration", "anchor_at"} & data.keys():  # other changes (disabling a bad row) are always allowed
@@ -132,7 +129,7 @@ def set_autobackups(db: Session, actor: User, target_type: str, target_id: int, 
     owner = target_owner(db, actor, target_type, target_id)
     schedules = q.for_target(db, target_type, target_id)
     if enabled and not schedules:
-        now = _now()
+        now = utcnow()
         presets = db.scalars(select(AutobackupPreset).where(AutobackupPreset.enabled.is_(True))).all()
         schedules = [
             Schedule(

@@ -12,12 +12,12 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from vmbackup.db.base import utcnow
 from vmbackup.db.models import Backup, BackupServer, Disk, ImageTemplate, Transaction, User, VirtualMachine
 from vmbackup.engine import Engine, Stats, gc
 from vmbackup.errors import BackupDamaged, BackupMissing, Conflict, SourceMissing, TargetInvalid
@@ -72,10 +72,6 @@ def _progress(log: Log) -> Callable[[int, int], None]:
     return report
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
 def _load(sessions: Sessions, tx: Transaction, log: Log | None = None) -> tuple[Backup, BackupServer]:
     """The transaction's backup and its server; with ``log``, the server's storage path is hidden from it (F13)."""
     with sessions() as db:
@@ -99,7 +95,7 @@ def _mark_built(sessions: Sessions, backup_id: int, stats: Stats, tx_id: int) ->
             # Recovered as failed while this worker was stalled (`execution.recover`): its locks are released and
             # its data may be removed by now, so it must not become built.
             raise Conflict(f"transaction {tx_id} was ended by recovery while it ran; the backup is not built")
-        backup.built, backup.built_at, backup.locked = True, _now(), False
+        backup.built, backup.built_at, backup.locked = True, utcnow(), False
         backup.backup_size = _kib(stats.new_bytes_stored)
         backup.logical_size = stats.logical_bytes
         db.commit()
