@@ -135,7 +135,7 @@ def serving(queues: Collection[str] | None) -> str:
 
 def waiting(queue: str) -> str:
     """What a transaction of ``queue`` with no live worker says (once) in its log."""
-    if routing.describe(queue) == "any worker":  # "default": a take of a VM on no hypervisor, and the like
+    if queue == routing.DEFAULT:  # a take of a VM on no hypervisor, and the like: only a catch-all worker runs it
         return "waiting for a worker that serves every queue"
     return f"waiting for a worker on {routing.describe(queue)}"
 
