@@ -12,15 +12,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import BackupServer, BackupServerJoin, Hypervisor, HypervisorZone, User
+from vmbackup.db.models.fleet import JOINED_TO_HYPERVISOR, JOINED_TO_ZONE
 from vmbackup.db.queries import common
 from vmbackup.db.queries import fleet as q
 from vmbackup.errors import Conflict, Invalid, NotFound
 from vmbackup.services import fleet
 from vmbackup.services.access import apply, find, require_admin
 
-# target_join_type as OnApp spells it, for each kind of target.
-HYPERVISOR = "Hypervisor"
-ZONE = "HypervisorGroup"
+# The kinds of target a backup server is joined to (target_join_type).
+HYPERVISOR = JOINED_TO_HYPERVISOR
+ZONE = JOINED_TO_ZONE
 
 
 def list_hypervisors(db: Session, actor: User) -> list[tuple[Hypervisor, bool]]:

@@ -43,6 +43,11 @@ class Hypervisor(Timestamps, Base):
     )
 
 
+# target_join_type as OnApp spells it, for each kind of target a backup server is joined to.
+JOINED_TO_HYPERVISOR = "Hypervisor"
+JOINED_TO_ZONE = "HypervisorGroup"
+
+
 class BackupServerJoin(Timestamps, Base):
     """A backup server attached to a hypervisor or a hypervisor zone: where that hypervisor's backups may go."""
 
@@ -54,7 +59,7 @@ class BackupServerJoin(Timestamps, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     backup_server_id: Mapped[int] = mapped_column(ForeignKey("backup_servers.id", ondelete="CASCADE"), index=True)
-    target_join_type: Mapped[str] = mapped_column(String(32))  # Hypervisor | HypervisorGroup
+    target_join_type: Mapped[str] = mapped_column(String(32))  # JOINED_TO_HYPERVISOR | JOINED_TO_ZONE
     target_join_id: Mapped[int] = mapped_column(Integer)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from vmbackup.db.models import Backup, BackupServer, BackupServerJoin, Transaction
+from vmbackup.db.models.fleet import JOINED_TO_HYPERVISOR, JOINED_TO_ZONE
+from vmbackup.db.queries.fleet import joined_to
 
 TAKE_ACTIONS = ("take_backup", "take_incremental_backup")
 
@@ -44,12 +46,8 @@ def candidates(db: Session, *, hypervisor_id: int | None, zone_id: int | None) -
         .order_by(BackupServer.id)
     )
     if hypervisor_id is not None:
-        targets = [_join("Hypervisor", hypervisor_id)]
+        targets = [joined_to(JOINED_TO_HYPERVISOR, hypervisor_id)]
         if zone_id is not None:
-            targets.append(_join("HypervisorGroup", zone_id))
+            targets.append(joined_to(JOINED_TO_ZONE, zone_id))
         q = q.where(BackupServer.id.in_(select(BackupServerJoin.backup_server_id).where(or_(*targets))))
     return [Candidate(server, int(kb), int(n)) for server, kb, n in db.execute(q)]
-
-
-def _join(target_type: str, target_id: int) -> ColumnElement[bool]:
-    return and_(BackupServerJoin.target_join_type == target_type, BackupServerJoin.target_join_id == target_id)
