@@ -26,6 +26,7 @@ from vmbackup.db.models import (
     User,
     VirtualMachine,
 )
+from vmbackup.services import space
 
 Fields = dict[str, Any]
 
@@ -82,7 +83,7 @@ def user(u: User, used_backup_kb: int = 0) -> Fields:
     """OnApp's user, with the backup space sold to it: ``backup_space_limit`` (GB, null: no limit),
     ``used_backup_space`` (GB its backups take, two decimals) and ``backup_space_available`` (GB left, null with no
     limit), like OnApp's ``disk_space_available``."""
-    used_gb = round(used_backup_kb / (1024 * 1024), 2)
+    used_gb = space.gb(used_backup_kb)
     limit = u.backup_space_limit
     return {
         "id": u.id,

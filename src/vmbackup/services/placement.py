@@ -24,9 +24,9 @@ from vmbackup.db.models import BackupServer, VirtualMachine
 from vmbackup.db.queries import placement as q
 from vmbackup.errors import Conflict
 from vmbackup.services import fleet
+from vmbackup.services.space import KB_PER_GB
 
 NONE_ELIGIBLE = "Backup cannot be made at this time: This disk cannot be backed up, check Location Group settings."
-KB_PER_GB = 1024 * 1024
 
 
 def backup_server(db: Session, vm: VirtualMachine) -> BackupServer:

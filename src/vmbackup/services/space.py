@@ -27,7 +27,7 @@ KB_PER_GB = 1024 * 1024
 
 
 def used_kb(db: Session, user_id: int) -> int:
-    return bq.kb_used_by_user(db, user_id)
+    return used_kb_of(db, [user_id]).get(user_id, 0)
 
 
 def used_kb_of(db: Session, user_ids: list[int]) -> dict[int, int]:

@@ -10,7 +10,6 @@ from vmbackup.db.models import User
 from vmbackup.db.queries import common, inventory
 from vmbackup.db.queries import users as q
 from vmbackup.errors import Conflict, Invalid
-from vmbackup.services import space
 from vmbackup.services.access import apply, find_owned, require_admin
 from vmbackup.services.auth import Authenticator, hash_api_key, new_api_key
 
@@ -89,11 +88,6 @@ def make_api_key(db: Session, actor: User, user_id: int) -> tuple[User, str]:
     user.api_key_hash = hash_api_key(key)
     db.commit()
     return user, key
-
-
-def backup_kb_used(db: Session, user_ids: list[int]) -> dict[int, int]:
-    """kB each user's backups take (services/space.py), for their user JSON; absent users use nothing."""
-    return space.used_kb_of(db, user_ids)
 
 
 def ensure_admin(db: Session, auth: Authenticator, login: str, email: str, password: str | None) -> str | None:

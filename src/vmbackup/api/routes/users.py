@@ -10,7 +10,7 @@ from vmbackup.api.body import body, openapi_body
 from vmbackup.api.deps import AdminCtx, AuthDep, Ctx, Id
 from vmbackup.api.schemas import UserCreate, UserUpdate
 from vmbackup.db.models import User
-from vmbackup.services import users
+from vmbackup.services import space, users
 
 router = APIRouter(tags=["users"])
 
@@ -18,7 +18,7 @@ router = APIRouter(tags=["users"])
 @router.get("/users")
 def list_users(ctx: Ctx) -> Response:
     found = users.list_users(ctx.db, ctx.user)
-    used = users.backup_kb_used(ctx.db, [u.id for u in found])
+    used = space.used_kb_of(ctx.db, [u.id for u in found])
     return ctx.many("user", (presenters.user(u, used.get(u.id, 0)) for u in found))
 
 
@@ -55,7 +55,7 @@ def make_new_api_key(user_id: Id, ctx: Ctx) -> Response:
 
 
 def _present(ctx: Ctx, user: User) -> dict[str, Any]:
-    return presenters.user(user, users.backup_kb_used(ctx.db, [user.id]).get(user.id, 0))
+    return presenters.user(user, space.used_kb(ctx.db, user.id))
 
 
 def _one(ctx: Ctx, user: User, status: int = 200) -> Response:

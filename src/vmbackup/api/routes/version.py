@@ -5,7 +5,7 @@ from starlette.responses import Response
 
 from vmbackup.api import presenters
 from vmbackup.api.deps import Ctx
-from vmbackup.services import users
+from vmbackup.services import space
 
 router = APIRouter(tags=["version"])
 
@@ -20,5 +20,4 @@ def version(ctx: Ctx) -> Response:
 
 @router.get("/profile")
 def profile(ctx: Ctx) -> Response:
-    used = users.backup_kb_used(ctx.db, [ctx.user.id]).get(ctx.user.id, 0)
-    return ctx.one("user", presenters.user(ctx.user, used))
+    return ctx.one("user", presenters.user(ctx.user, space.used_kb(ctx.db, ctx.user.id)))

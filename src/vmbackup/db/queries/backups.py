@@ -50,13 +50,9 @@ def for_user(db: Session, user_id: int) -> list[BackupRow]:
     return _rows(db, Backup.user_id == user_id)
 
 
-def kb_used_by_user(db: Session, user_id: int) -> int:
-    """kB the user's backups take in storage (each backup's ``backup_size``: what it added, after deduplication)."""
-    q = select(func.coalesce(func.sum(Backup.backup_size), 0)).where(Backup.user_id == user_id)
-    return int(db.scalar(q) or 0)
-
-
 def kb_used_per_user(db: Session, user_ids: list[int]) -> dict[int, int]:
+    """kB each user's backups take in storage (each backup's ``backup_size``: what it added, after deduplication);
+    a user with none is absent."""
     q = (
         select(Backup.user_id, func.coalesce(func.sum(Backup.backup_size), 0))
         .where(Backup.user_id.in_(user_ids))
