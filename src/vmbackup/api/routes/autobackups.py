@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from vmbackup.api import presenters
 from vmbackup.api.deps import Ctx, Id, VmId
-from vmbackup.api.routes._crud import add_crud_routes
+from vmbackup.api.routes._crud import add_crud_routes, each
 from vmbackup.api.schemas import PresetCreate, PresetUpdate
 from vmbackup.db.models import AutobackupPreset
 from vmbackup.services import schedules
@@ -42,5 +42,5 @@ def disable_disk(disk_id: Id, ctx: Ctx) -> Response:
 
 
 presets = APIRouter(prefix="/settings/autobackup_presets", tags=["auto-backups"])
-add_crud_routes(presets, "autobackup_template", AutobackupPreset, presenters.preset, PresetCreate, PresetUpdate)
+add_crud_routes(presets, "autobackup_template", AutobackupPreset, each(presenters.preset), PresetCreate, PresetUpdate)
 router.include_router(presets)
