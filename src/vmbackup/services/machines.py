@@ -122,7 +122,6 @@ def delete_vm(db: Session, actor: User, vm_id: int, destroy_all_backups: bool = 
                 queued.append(tx)
     for disk in vm.disks:
         db.delete(disk)
-    fleet.drop_ips_of(db, vm.id)
     db.delete(vm)
     locks.commit_unless_busy(db, keys, "VirtualMachine")
     return queued

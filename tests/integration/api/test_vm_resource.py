@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from defusedxml.ElementTree import fromstring
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from tests.api_client import Api
 from tests.integration.api.fleet_helpers import assert_xml_typed, hypervisor
 from tests.integration.api.helpers import make_backup
 from vmbackup.api.app import create_app
 from vmbackup.config import Settings
-from vmbackup.db.models import Backup, Transaction
+from vmbackup.db.models import Backup, IpAddress, Transaction, User, VirtualMachine
+from vmbackup.services import machines
 
 VM_FIELDS = {
     "id": int,
@@ -335,3 +336,21 @@ def test_listing_vms_takes_the_same_number_of_queries_for_3_or_12_vms(app, api, 
     few = queries()
     grow(12)
     assert queries() == few <= 8
+
+
+def test_deleting_a_vm_frees_its_addresses(app, api, world):
+    """Through the API (the VM's addresses not loaded: the database's cascade) and in a session that has loaded
+    them (the ORM's): either way they go with the VM, and another VM may take them."""
+    first, second = world["vm_a"]["id"], world["vm_b"]["id"]
+    assert _ip(api, first, "10.9.0.1").status_code == 201
+    assert api.delete(f"/virtual_machines/{first}.json").status_code == 204
+    assert _ip(api, second, "10.9.0.1").status_code == 201
+
+    third = api.vm(world["alice"]["id"], world["template"]["id"], label="third")["id"]
+    assert _ip(api, third, "10.9.0.2").status_code == 201
+    with app.state.sessions() as db:
+        admin = db.scalar(select(User).where(User.role == "admin"))
+        assert [ip.address for ip in db.get(VirtualMachine, third).ip_addresses] == ["10.9.0.2"]  # loaded
+        machines.delete_vm(db, admin, third)
+    with app.state.sessions() as db:
+        assert db.scalar(select(IpAddress).where(IpAddress.address == "10.9.0.2")) is None

@@ -103,7 +103,10 @@ class VirtualMachine(Timestamps, Base):
 
     template: Mapped[ImageTemplate] = relationship(lazy="joined")
     hypervisor: Mapped[Hypervisor | None] = relationship(lazy="joined")
-    ip_addresses: Mapped[list[IpAddress]] = relationship(order_by="IpAddress.id", passive_deletes=True)
+    # They go with the VM: the ORM deletes those it has loaded, the database's ON DELETE CASCADE the others.
+    ip_addresses: Mapped[list[IpAddress]] = relationship(
+        order_by="IpAddress.id", cascade="all, delete-orphan", passive_deletes=True
+    )
     disks: Mapped[list[Disk]] = relationship(back_populates="virtual_machine", order_by="Disk.id")
 
 

@@ -40,6 +40,3 @@ def vm_id_of(db: Session, identifier: str) -> int | None:
 def ip_by_address(db: Session, address: str) -> IpAddress | None:
     return db.scalar(select(IpAddress).where(IpAddress.address == address))
 
-
-def drop_ips_of(db: Session, vm_id: int) -> None:
-    db.execute(delete(IpAddress).where(IpAddress.virtual_machine_id == vm_id))
