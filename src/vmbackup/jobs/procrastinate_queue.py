@@ -215,13 +215,6 @@ def _stale_jobs(sessions: Sessions) -> list[int]:
         return list(db.scalars(_STALE_JOBS, {"task": TASK}))
 
 
-def _prune_workers(sessions: Sessions) -> int:
-    with sessions() as db:
-        pruned = fleet.prune(db)
-        db.commit()
-        return pruned
-
-
 async def maintain(app: App, sessions: Sessions, queue: ProcrastinateQueue) -> dict[str, list[int]]:
     """Leave no transaction running for a dead worker, no job stuck on one, no pending transaction without a job.
 
@@ -250,7 +243,7 @@ async def maintain(app: App, sessions: Sessions, queue: ProcrastinateQueue) -> d
     for job_id in await asyncio.to_thread(_stale_jobs, sessions):
         if await manager.cancel_job_by_id_async(job_id, delete_job=True):
             done["dropped_jobs"].append(job_id)
-    if pruned := await asyncio.to_thread(_prune_workers, sessions):
+    if pruned := await asyncio.to_thread(fleet.prune_workers, sessions):
         log.info("pruned %s workers silent for %s", pruned, fleet.PRUNE_AFTER)
     if any(done.values()):
         log.warning("job maintenance: %s", done)
@@ -361,7 +354,7 @@ class ProcrastinateRunner:
     def recover(self) -> None:
         """Before taking jobs: fail what a killed worker left running and clear its temporary files. Synchronous, so
         that no recovery thread outlives a worker stopped right after its start (and the engine it uses)."""
-        storage = None if self.queues is None else self.backup_server_ids  # a dedicated worker: its servers only
+        storage = routing.storage_of(self.queues, self.backup_server_ids)
         execution.recover(self.sessions, clean_storage=True, backup_server_ids=storage)
 
     async def run(self, *, wait: bool = True, install_signal_handlers: bool = False) -> None:

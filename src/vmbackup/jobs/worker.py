@@ -48,7 +48,8 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        execution.recover(self.sessions, clean_storage=True, backup_server_ids=self._storage_ids())
+        storage = routing.storage_of(self.queues, self.backup_server_ids)
+        execution.recover(self.sessions, clean_storage=True, backup_server_ids=storage)
         self.heartbeat.start()
         self._thread = threading.Thread(target=self._loop, name="vmbackup-worker", daemon=True)
         self._thread.start()
@@ -69,10 +70,6 @@ class Worker:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.heartbeat.stop()
 
-    def _storage_ids(self) -> list[int] | None:
-        """The backup servers whose storage this worker cleans at start: all for a worker serving everything."""
-        return None if self.queues is None else self.backup_server_ids
-
     def _loop(self) -> None:
         since_recovery = 0.0
         while not self._stop.is_set():
@@ -81,17 +78,12 @@ class Worker:
                 since_recovery += self.poll_seconds
                 if since_recovery >= RECOVERY_EVERY_SECONDS:
                     execution.recover(self.sessions)
-                    self._prune()
+                    fleet.prune_workers(self.sessions)
                     since_recovery = 0.0
             except Exception:  # keep polling through database restarts; the failure is logged
                 log.exception("worker loop error")
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
-
-    def _prune(self) -> None:
-        with self.sessions() as db:
-            if fleet.prune(db):
-                db.commit()
 
     def run_pending(self) -> int:
         """Start what can start now; returns how many were started."""

@@ -119,6 +119,14 @@ def prune(db: Session, now: datetime | None = None) -> int:
     return db.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.heartbeat_at < since)).rowcount  # type: ignore[attr-defined,no-any-return]
 
 
+def prune_workers(sessions: sessionmaker[Session]) -> int:
+    """`prune` in a session of its own (the workers' periodic upkeep); returns how many rows went."""
+    with sessions() as db:
+        pruned = prune(db)
+        db.commit()
+        return pruned
+
+
 def check_ids(db: Session, hypervisor_ids: Collection[int], backup_server_ids: Collection[int]) -> None:
     """A worker is started for hypervisors and backup servers that exist; NotFound names the first unknown one."""
     kinds = ((Hypervisor, hypervisor_ids, "hypervisor"), (BackupServer, backup_server_ids, "backup server"))

@@ -37,6 +37,12 @@ def queues_of(hypervisor_ids: list[int], backup_server_ids: list[int]) -> list[s
     return [*map(hypervisor_queue, hypervisor_ids), *map(backup_server_queue, backup_server_ids)]
 
 
+def storage_of(queues: list[str] | None, backup_server_ids: list[int]) -> list[int] | None:
+    """The backup servers whose storage a worker serving ``queues`` cleans at start (None: every one, for a worker
+    serving everything; a dedicated one only its own: another's storage may not even be mounted on its host)."""
+    return None if queues is None else backup_server_ids
+
+
 def describe(queue: str) -> str:
     """For logs: 'hypervisor 3', 'backup server 2', or 'any worker'."""
     kind, _, number = queue.rpartition("-")
