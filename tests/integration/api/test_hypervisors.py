@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from fastapi.testclient import TestClient
 
-from tests.api_client import Api
 from tests.integration.api.fleet_helpers import assert_xml_typed, heartbeat, hypervisor, zone
-from vmbackup.api.app import create_app
 from vmbackup.config import Settings
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[Any]:
+def settings(settings: Settings) -> Settings:
     """No worker in this process: ``online`` is then only what the heartbeat rows a test writes say."""
-    application = create_app(settings.model_copy(update={"worker": "external"}))
-    yield application
-    application.state.engine.dispose()
-
-
-@pytest.fixture
-def api(app: Any) -> Iterator[Api]:
-    with TestClient(app) as client:
-        yield Api(client)
+    return settings.model_copy(update={"worker": "external"})
 
 
 HYPERVISOR_FIELDS = {

@@ -4,18 +4,14 @@ addresses admins assign to it, in JSON and typed XML."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from defusedxml.ElementTree import fromstring
-from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
-from tests.api_client import Api
 from tests.integration.api.fleet_helpers import assert_xml_typed, hypervisor
 from tests.integration.api.helpers import make_backup
-from vmbackup.api.app import create_app
 from vmbackup.config import Settings
 from vmbackup.db.models import Backup, IpAddress, Transaction, User, VirtualMachine
 from vmbackup.services import machines
@@ -73,17 +69,9 @@ IP_FIELDS = {
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[Any]:
+def settings(settings: Settings) -> Settings:
     """No worker: queued transactions stay pending, to see where they are routed."""
-    application = create_app(settings.model_copy(update={"worker": "external"}))
-    yield application
-    application.state.engine.dispose()
-
-
-@pytest.fixture
-def api(app: Any) -> Iterator[Api]:
-    with TestClient(app) as client:
-        yield Api(client)
+    return settings.model_copy(update={"worker": "external"})
 
 
 def _ip(api: Any, vm_id: Any, address: str, **kw: Any) -> Any:
